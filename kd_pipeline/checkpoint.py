@@ -1,0 +1,40 @@
+"""Checkpoints are safetensors (no pickle): tensors plus string metadata (factory, kwargs as JSON)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import KDError
+
+
+def save_model(model: nn.Module, path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def load_model(model: nn.Module, path: Path, what: str) -> nn.Module:
+    if not path.is_file():
+        raise KDError(f"{path}: {what} checkpoint not found; run its training stage first")
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state)
+    except Exception as e:
+        raise KDError(f"{path}: {what} checkpoint does not fit the configured model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

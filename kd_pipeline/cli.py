@@ -1,0 +1,80 @@
+"""The `kd` command line. Exit codes: 0 ok, 2 bad input (one line naming key/file/array), 1 unexpected."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import KDError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Offline knowledge distillation through a teacher-logit cache.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@contextmanager
+def _errors():
+    try:
+        yield
+    except KDError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if _state["debug"]:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        typer.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="Pipeline YAML."),
+    stage: Optional[List[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Run stages even if up to date."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (YAML)."),
+) -> None:
+    """Run the pipeline; stages whose params and inputs are unchanged are skipped."""
+    with _errors():
+        from .config import load_config
+        from .runner import run_pipeline
+
+        cfg = load_config(pipeline, set_ or [])
+        run_pipeline(cfg, stage or [], force)
+
+
+@app.command()
+def inspect(
+    store: Path = typer.Argument(..., help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and sizes as JSON."),
+) -> None:
+    """Describe a store: manifest, rows per split, bytes per row, completeness."""
+    with _errors():
+        from .inspect import describe, render
+
+        info = describe(store)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+        else:
+            render(info)
+
+
+def main() -> None:
+    app(prog_name="kd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Components are plain data: `{factory: "module:function", kwargs: {...}}`.
+
+The factory is imported and its kwargs are bound against its signature when the config is loaded (so a typo
+fails before any stage runs); the object is built only when a stage needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+
+def resolve(spec: str, where: str) -> Callable[..., Any]:
+    """Import `module:function`. `where` names the config key for the error message."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ConfigError(f"{where}: expected 'module:function', got {spec!r}")
+    mod_name, attr = spec.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # ImportError, or the module itself failing to import
+        raise ConfigError(f"{where}: cannot import module {mod_name!r} ({type(e).__name__}: {e})") from e
+    fn = mod
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ConfigError(f"{where}: module {mod_name!r} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ConfigError(f"{where}: {spec!r} is not callable")
+    return fn
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict, where: str, injected: tuple[str, ...] = ()) -> None:
+    """Bind kwargs (plus the names the pipeline injects, e.g. `split`, `num_classes`) to fn's signature."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: nothing to check
+    for name in injected:
+        if name in kwargs:
+            raise ConfigError(f"{where}.kwargs.{name}: set by the pipeline, do not declare it here")
+    params = sig.parameters
+    takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    present = {n: None for n in injected if n in params or takes_var_kw}
+    try:
+        sig.bind(**kwargs, **present)
+    except TypeError as e:
+        raise ConfigError(f"{where}.kwargs: {e}") from e
+
+
+def accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

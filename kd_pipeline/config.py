@@ -1,0 +1,204 @@
+"""The pipeline config: plain YAML data, validated once, every default declared once (here).
+
+`load_config(path, sets)` returns a frozen `PipelineConfig` or raises `ConfigError` with one line:
+`pipeline.yaml: cache.top_k: must be between 1 and num_classes (10), got 0`. `--set key=value` overrides are
+parsed as YAML scalars/lists and go through exactly the same validation; their errors name the `--set`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .components import check_kwargs, resolve
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(Strict):
+    """`factory` is "module:function"; `kwargs` bind to its signature (checked at load)."""
+
+    factory: str
+    kwargs: dict[str, Any] = {}
+
+
+class DataConfig(Component):
+    """factory(split=NAME, **kwargs) -> map-style Dataset of (input, label); label -1 = unlabelled."""
+
+    num_classes: int = Field(ge=2)
+    train_split: str = "train"  # labelled: teacher, baseline, and the CE term of the student
+    transfer_splits: list[str] = []  # unlabelled inputs only the teacher labels (KD term only)
+    test_split: str = "test"  # evaluation only; never cached, never trained on
+
+
+class TrainConfig(Strict):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    log_every: int = Field(100, ge=1)  # steps between loss-curve points in <out>/logs/<stage>.jsonl
+
+
+class CacheConfig(Strict):
+    path: Optional[str] = None  # default <out>/cache
+    top_k: int  # 1..num_classes, checked against data.num_classes
+    temperatures: list[float] = [1.0]  # lse is stored for each; students may only use these
+    values_dtype: Literal["float16", "float32"] = "float16"
+    features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)
+    chunk_rows: int = Field(4096, ge=1)  # rows per chunk = rows per write block
+    batch_size: int = Field(1024, ge=1)  # teacher forward batch
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("at least one temperature is needed")
+        if any(t <= 0 for t in v):
+            raise ValueError(f"temperatures must be > 0, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"temperatures must be distinct, got {v}")
+        return v
+
+
+class FeatureLoss(Strict):
+    cached: str  # name under cache.features
+    student_module: str  # module path in the student whose output is projected
+    beta: float = Field(1.0, ge=0)
+
+
+class DistillConfig(Strict):
+    alpha: float = Field(0.3, ge=0, le=1)  # weight of CE on labelled rows; 1-alpha on tau^2 KL
+    temperature: float = Field(4.0, gt=0)  # must be one of the store's temperatures
+    feature: Optional[FeatureLoss] = None
+    shuffle_window: int = Field(4, ge=1)  # blocks whose rows are shuffled together
+
+
+class EvaluateConfig(Strict):
+    latency_runs: int = Field(200, ge=1)  # batch-1 forward passes timed per model
+    batch_size: int = Field(1024, ge=1)
+
+
+class PipelineConfig(Strict):
+    out: str  # run folder (relative to the working directory)
+    seed: int = 0
+    data: DataConfig
+    teacher: Component
+    student: Component
+    teacher_train: TrainConfig
+    student_train: TrainConfig
+    cache: CacheConfig
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache.path) if self.cache.path else self.out_dir / "cache"
+
+    @property
+    def cached_splits(self) -> list[str]:
+        return [self.data.train_split, *self.data.transfer_splits]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, src: str) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise ConfigError(f"{src}: {p} is not a mapping")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _source(path: str, file: str, overrides: dict[str, str]) -> str:
+    for key, raw in overrides.items():
+        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            return f"--set {key}={raw}"
+    return file
+
+
+def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) -> ConfigError:
+    err = e.errors()[0]
+    path = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+        if "input" in err and not isinstance(err["input"], (dict, list)):
+            msg += f", got {err['input']!r}"
+    return ConfigError(f"{_source(path, file, overrides)}: {path}: {msg}")
+
+
+def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{file}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{file}: {where}invalid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: top level must be a mapping")
+    overrides: dict[str, str] = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        key, val = item.split("=", 1)
+        try:
+            value = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: value is not valid YAML") from e
+        _set_dotted(raw, key.strip(), value, f"--set {item}")
+        overrides[key.strip()] = val
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _pydantic_error(e, file, overrides) from None
+    _check(cfg, lambda p: _source(p, file, overrides))
+    return cfg
+
+
+def _check(cfg: PipelineConfig, src) -> None:
+    """Checks that span sections, and factories that must import and bind."""
+    n = cfg.data.num_classes
+    if not 1 <= cfg.cache.top_k <= n:
+        p = "cache.top_k"
+        raise ConfigError(f"{src(p)}: {p}: must be between 1 and num_classes ({n}), got {cfg.cache.top_k}")
+    splits = cfg.cached_splits + [cfg.data.test_split]
+    if len(set(splits)) != len(splits):
+        raise ConfigError(f"{src('data')}: data: split names must be distinct, got {splits}")
+    for name in cfg.cache.features:
+        if not name.isidentifier():
+            p = f"cache.features.{name}"
+            raise ConfigError(f"{src(p)}: {p}: feature names must be identifiers (letters, digits, _)")
+    feat = cfg.distill.feature
+    if feat is not None and feat.cached not in cfg.cache.features:
+        p = "distill.feature.cached"
+        raise ConfigError(f"{src(p)}: {p}: {feat.cached!r} is not one of cache.features {list(cfg.cache.features)}")
+    for key, comp, injected in (
+        ("data", cfg.data, ("split",)),
+        ("teacher", cfg.teacher, ("num_classes",)),
+        ("student", cfg.student, ("num_classes",)),
+    ):
+        fn = resolve(comp.factory, f"{src(key + '.factory')}: {key}.factory")
+        check_kwargs(fn, comp.kwargs, f"{src(key + '.kwargs')}: {key}", injected)

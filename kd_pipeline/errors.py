@@ -1,0 +1,18 @@
+"""Error types. A `KDError` is the user's to fix (bad config, store or data): the CLI prints its one-line
+message and exits 2. Anything else is a bug or an environment failure: exit 1."""
+
+
+class KDError(Exception):
+    """Bad input: config, store, data. The message is one line that names the key, file, array or row."""
+
+
+class ConfigError(KDError):
+    pass
+
+
+class StoreError(KDError):
+    pass
+
+
+class DataError(KDError):
+    pass

@@ -1,0 +1,65 @@
+"""`kd inspect`: what a store holds, read through the validating reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .store import open_store
+
+
+def describe(path: Path) -> dict:
+    store = open_store(path, allow_incomplete=True)
+    m = store.manifest
+    arrays = {}
+    for name, a in store.arrays.items():
+        per_row = int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize
+        arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "bytes_per_row": per_row}
+    target_bytes = sum(v["bytes_per_row"] for k, v in arrays.items() if not k.startswith("features/"))
+    full = 4 * m.num_classes  # full fp32 logits per row
+    splits = {}
+    if m.complete and store.samples.num_rows:
+        s = store.samples["split"].to_numpy(zero_copy_only=False)
+        lab = store.samples["label"]
+        for name in m.dataset.splits:
+            sel = s == name
+            splits[name] = {"samples": int(sel.sum()), "labelled": int((~np.asarray(lab.is_null())[sel]).sum())}
+    store.close()
+    return {
+        "path": str(path),
+        "manifest": m.model_dump(mode="json"),
+        "arrays": arrays,
+        "splits": splits,
+        "target_bytes_per_row": target_bytes,
+        "full_fp32_bytes_per_row": full,
+        "ratio_to_full_fp32": target_bytes / full,
+    }
+
+
+def render(info: dict) -> None:
+    m = info["manifest"]
+    c = Console()
+    state = "[green]complete[/green]" if m["complete"] else "[red]INCOMPLETE[/red]"
+    c.print(f"[bold]{info['path']}[/bold]  {m['format']} v{m['version']}  {m['kind']}  {state}")
+    c.print(
+        f"rows {m['num_rows']:,}  classes {m['num_classes']}  top_k {m['top_k']}  temperatures {m['temperatures']}  "
+        f"chunk_rows {m['chunk_rows']}"
+    )
+    c.print(
+        f"targets {info['target_bytes_per_row']} B/row (full fp32 logits {info['full_fp32_bytes_per_row']} B/row, "
+        f"ratio {info['ratio_to_full_fp32']:.3f})"
+    )
+    c.print(f"teacher {m['teacher']['factory']} {m['teacher']['kwargs']}  sha256 {m['teacher']['checkpoint_sha256'][:16]}…")
+    c.print(f"dataset {m['dataset']['factory']} {m['dataset']['kwargs']}  {m['dataset']['fingerprint'][:23]}…")
+    t = Table("array", "shape", "dtype", "chunks", "B/row")
+    for name, a in info["arrays"].items():
+        t.add_row(name, str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])), str(a["bytes_per_row"]))
+    c.print(t)
+    if info["splits"]:
+        s = Table("split", "samples", "labelled")
+        for name, v in info["splits"].items():
+            s.add_row(name, f"{v['samples']:,}", f"{v['labelled']:,}")
+        c.print(s)

@@ -1,0 +1,65 @@
+"""Distillation losses computed from top-k targets with an exact tail bucket.
+
+For temperature tau (one the store declared), teacher probabilities of the stored ids are exact:
+    p_i = exp(z_i / tau - lse_tau),   tail m = 1 - sum_i p_i   (mass of the C - k classes not stored)
+The KL is taken over the k stored classes plus one tail bucket, against the student's probabilities of the
+same ids and its total mass on all other classes:
+    KL = sum_i p_i (log p_i - log q_i) + m (log m - log q_tail)
+With k = C it equals the dense KL; with k < C it is <= the dense KL (grouping classes never raises a KL).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import StoreError
+from .targets import Targets
+
+
+def temperature_index(targets_temps: tuple[float, ...], tau: float) -> int:
+    for i, t in enumerate(targets_temps):
+        if abs(t - tau) <= 1e-6 * max(1.0, abs(tau)):
+            return i
+    raise StoreError(
+        f"distill.temperature: {tau} is not one of the store's temperatures {list(targets_temps)}; "
+        "re-run cache_teacher with it in cache.temperatures"
+    )
+
+
+def sparse_kl(student_logits: torch.Tensor, t: Targets, tau: float) -> torch.Tensor:
+    """student_logits [B, C] -> per-row KL(p_T || p_S) at tau, [B], from top-k + tail."""
+    ti = temperature_index(t.temperatures, tau)
+    log_p = t.values.float() / tau - t.lse[:, ti : ti + 1]  # [B, k]
+    p = log_p.exp()
+    s = student_logits.float() / tau
+    lse_s = torch.logsumexp(s, dim=1, keepdim=True)  # [B, 1]
+    log_q = s.gather(1, t.indices) - lse_s  # [B, k]
+    kl = (p * (log_p - log_q)).sum(dim=1)
+    if t.k < t.num_classes:
+        tail = (1.0 - p.sum(dim=1)).clamp(min=0.0)  # [B]
+        rest = s.scatter(1, t.indices, float("-inf"))  # student logits of the classes not stored
+        log_q_tail = torch.logsumexp(rest, dim=1) - lse_s[:, 0]
+        kl = kl + torch.xlogy(tail, tail) - tail * log_q_tail
+    return kl
+
+
+def dense_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """The seed formula's KL(softmax(t/tau) || softmax(s/tau)) per row, [B]."""
+    log_p = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    log_q = F.log_softmax(student_logits.float() / tau, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def kd_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, t: Targets, tau: float, alpha: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """alpha * CE(y, s) over labelled rows (label >= 0) + (1 - alpha) * tau^2 * KL over all rows."""
+    labelled = labels >= 0
+    if labelled.any():
+        ce = F.cross_entropy(student_logits[labelled], labels[labelled])
+    else:
+        ce = student_logits.sum() * 0.0
+    kl = sparse_kl(student_logits, t, tau).mean()
+    loss = alpha * ce + (1.0 - alpha) * tau * tau * kl
+    return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}

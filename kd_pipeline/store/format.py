@@ -1,0 +1,139 @@
+"""Store format v1: the manifest schema and the naming/dtype rules shared by writer and reader.
+
+Layout of a store folder:
+    zarr.json                 root group; attribute `kd_cache` = the manifest below
+    topk_logits/              (R, k) float16|float32  raw teacher logits, sorted descending per row
+    topk_indices/             (R, k) int16|int32      class ids of those logits
+    lse/                      (R, T) float32          logsumexp(z / tau) over ALL classes, per temperature
+    features/<name>/          (R, ...)                a teacher module's output per row
+    samples.parquet           sample_id, split, row, num_rows, label (nullable)
+    _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
+Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
+[b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import StoreError
+
+FORMAT = "kd-cache"
+VERSION = 1
+ATTR = "kd_cache"
+SAMPLES = "samples.parquet"
+MARKERS = "_markers"
+CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
+MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
+MAX_CLASSES = 2**24
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def indices_dtype(num_classes: int) -> str:
+    return "int16" if num_classes <= 32767 else "int32"
+
+
+def check_name(name: str, what: str) -> str:
+    """Names from a manifest become paths: no separators, no '..', identifiers only."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StoreError(f"{what}: invalid name {name!r} (letters, digits and _ only)")
+    return name
+
+
+class _Open(BaseModel):
+    # Readers accept fields added by later minor revisions; known fields are type-checked.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TeacherInfo(_Open):
+    factory: str
+    kwargs: dict
+    checkpoint_sha256: str
+
+
+class DatasetInfo(_Open):
+    factory: str
+    kwargs: dict
+    splits: list[str]
+    split_sizes: dict[str, int]
+    num_samples: int = Field(ge=0, le=MAX_ROWS)
+    fingerprint: str
+
+
+class FeatureInfo(_Open):
+    shape: list[int]  # per-row shape
+    dtype: Literal["float16", "float32"]
+    module: str
+
+
+class Manifest(_Open):
+    format: Literal["kd-cache"]
+    version: int
+    kind: Literal["classification"]
+    num_classes: int = Field(ge=2, le=MAX_CLASSES)
+    top_k: int = Field(ge=1)
+    temperatures: list[float] = Field(min_length=1)
+    values_dtype: Literal["float16", "float32"]
+    indices_dtype: Literal["int16", "int32"]
+    num_rows: int = Field(ge=0, le=MAX_ROWS)
+    chunk_rows: int = Field(ge=1, le=2**24)
+    teacher: TeacherInfo
+    dataset: DatasetInfo
+    features: dict[str, FeatureInfo] = {}
+    complete: bool
+    created_with: str
+    created_at: Optional[str] = None
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_rows // self.chunk_rows)
+
+    def identity(self) -> dict:
+        """What must match for a half-written store to be resumed (everything but progress/time)."""
+        d = self.model_dump(mode="json")
+        for k in ("complete", "created_at", "created_with"):
+            d.pop(k, None)
+        return d
+
+    def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """array path -> (shape, dtype) that the arrays must have."""
+        R, k, T = self.num_rows, self.top_k, len(self.temperatures)
+        specs = {
+            "topk_logits": ((R, k), self.values_dtype),
+            "topk_indices": ((R, k), self.indices_dtype),
+            "lse": ((R, T), "float32"),
+        }
+        for name, f in self.features.items():
+            specs[f"features/{name}"] = ((R, *f.shape), f.dtype)
+        return specs
+
+
+def parse_manifest(raw, where: str) -> Manifest:
+    if not isinstance(raw, dict):
+        raise StoreError(f"{where}: no '{ATTR}' manifest in the root attributes (not a kd-cache store)")
+    if raw.get("format") != FORMAT:
+        raise StoreError(f"{where}: manifest format is {raw.get('format')!r}, expected {FORMAT!r}")
+    v = raw.get("version")
+    if not isinstance(v, int) or isinstance(v, bool) or v > VERSION or v < 1:
+        raise StoreError(f"{where}: store format version {v!r} is not supported (this tool reads version {VERSION})")
+    try:
+        m = Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise StoreError(f"{where}: manifest.{key}: {err['msg']}") from None
+    if m.top_k > m.num_classes:
+        raise StoreError(f"{where}: manifest.top_k: {m.top_k} exceeds num_classes {m.num_classes}")
+    if m.indices_dtype != indices_dtype(m.num_classes) and m.indices_dtype != "int32":
+        raise StoreError(f"{where}: manifest.indices_dtype: int16 cannot hold {m.num_classes} classes")
+    if any((not t > 0) for t in m.temperatures):
+        raise StoreError(f"{where}: manifest.temperatures: must all be > 0, got {m.temperatures}")
+    for name in m.features:
+        check_name(name, f"{where}: manifest.features")
+    for s in m.dataset.splits:
+        if s not in m.dataset.split_sizes:
+            raise StoreError(f"{where}: manifest.dataset.split_sizes: no size for split {s!r}")
+    return m

@@ -1,0 +1,80 @@
+"""Streaming a store for training: shuffled whole blocks, never one read per sample.
+
+Each pass permutes the block order; `window` consecutive blocks of that order are read (one chunk read per
+array, concurrently), their rows are shuffled together, and cut into batches. The next window is read in a
+background thread while the current one trains. Rows left over at the end of a window are carried into the
+next, so every row is seen once per pass and batches are always full.
+"""
+
+from __future__ import annotations
+
+import threading
+from queue import Queue
+from typing import Iterator
+
+import numpy as np
+
+from .store import CacheStore
+
+
+class BlockStream:
+    def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, check: bool = True):
+        self.store = store
+        self.batch_size = batch_size
+        self.window = window
+        self.rng = np.random.default_rng(seed)
+        self.check = check
+
+    def _read_window(self, blocks: list[int]) -> dict[str, np.ndarray]:
+        parts = []
+        for b in blocks:
+            block = self.store.read_block(b)
+            if self.check:
+                self.store.check_block(b, block)
+            start, stop = self.store.block_rows(b)
+            block["row"] = np.arange(start, stop, dtype=np.int64)
+            parts.append(block)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _windows(self) -> Iterator[list[int]]:
+        while True:
+            order = self.rng.permutation(self.store.num_blocks).tolist()
+            for i in range(0, len(order), self.window):
+                yield order[i : i + self.window]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """Infinite: yields dicts of arrays with `batch_size` rows (keys: arrays + "row")."""
+        if self.store.manifest.num_rows == 0:
+            return
+        q: Queue = Queue(maxsize=1)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for blocks in self._windows():
+                    if stop.is_set():
+                        return
+                    q.put(self._read_window(blocks))
+            except BaseException as e:  # surfaced in the consumer
+                q.put(e)
+
+        threading.Thread(target=produce, daemon=True).start()
+        carry: dict[str, np.ndarray] | None = None
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if carry is not None:
+                    item = {k: np.concatenate([carry[k], item[k]]) for k in item}
+                perm = self.rng.permutation(len(item["row"]))
+                n_full = len(perm) // self.batch_size * self.batch_size
+                for i in range(0, n_full, self.batch_size):
+                    sel = perm[i : i + self.batch_size]
+                    yield {k: v[sel] for k, v in item.items()}
+                rest = perm[n_full:]
+                carry = {k: v[rest] for k, v in item.items()} if len(rest) else None
+        finally:
+            stop.set()
+            while not q.empty():
+                q.get_nowait()
