@@ -29,7 +29,7 @@ def tiny_config(out: Path, **over) -> dict:
         },
         "teacher": {"factory": "kd_pipeline.models:conv1d_net", "kwargs": {"channels": 8}},
         "student": {"factory": "kd_pipeline.models:mlp", "kwargs": {"in_features": 40, "hidden": [16]}},
-        "teacher_train": {"steps": 30, "batch_size": 50, "lr": 3e-3, "log_every": 10},
+        "teacher_train": {"steps": 200, "batch_size": 50, "lr": 1e-2, "log_every": 50},
         "student_train": {"steps": 30, "batch_size": 50, "lr": 1e-3, "log_every": 10},
         "cache": {"top_k": 3, "temperatures": [1.0, 4.0], "chunk_rows": 256, "features": {"penultimate": "body"}},
         "distill": {"alpha": 0.3, "temperature": 4.0},
