@@ -72,6 +72,32 @@ def inspect(
             render(info)
 
 
+@app.command()
+def verify(
+    store: Path = typer.Argument(..., help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Read every block, recompute its checksum, check manifest vs arrays vs samples.parquet. Exit 2 on problems."""
+    with _errors():
+        from .store.verify import as_json as report_json
+        from .store.verify import verify_store
+
+        r = verify_store(store)
+        if as_json:
+            typer.echo(report_json(r))
+        else:
+            for line in r.notes:
+                typer.echo(f"note: {line}", err=True)
+            for line in r.problems:
+                typer.echo(f"problem: {line}")
+            if not r.problems:
+                typer.echo(f"{store}: OK")
+                for line in r.checked:
+                    typer.echo(f"  checked {line}")
+        if r.problems:
+            raise typer.Exit(2)
+
+
 def main() -> None:
     app(prog_name="kd")
 

@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from ..crashpoints import pause_point
 from ..errors import StoreError
 from .format import ATTR, CORE_ARRAYS, MARKERS, SAMPLES
@@ -85,8 +83,3 @@ def remove_partials(path: Path) -> int:
                 p.unlink()
                 n += 1
     return n
-
-
-def block_checksums_equal(arrays: dict[str, np.ndarray], sums: dict[str, str], sha) -> list[str]:
-    """Names of arrays whose bytes do not hash to the marker's sha256."""
-    return [name for name, a in arrays.items() if sums.get(name) != sha(a)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import StoreError
@@ -29,6 +30,8 @@ MARKERS = "_markers"
 CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
 MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
 MAX_CLASSES = 2**24
+MAX_ROW_BYTES = 2**26  # 64 MiB of targets + features per row
+MAX_CHUNK_BYTES = 2**31  # one block of one array is read whole: 2 GiB at most
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -64,7 +67,7 @@ class DatasetInfo(_Open):
 
 
 class FeatureInfo(_Open):
-    shape: list[int]  # per-row shape
+    shape: list[int] = Field(max_length=8)  # per-row shape
     dtype: Literal["float16", "float32"]
     module: str
 
@@ -75,7 +78,7 @@ class Manifest(_Open):
     kind: Literal["classification"]
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     top_k: int = Field(ge=1)
-    temperatures: list[float] = Field(min_length=1)
+    temperatures: list[float] = Field(min_length=1, max_length=64)
     values_dtype: Literal["float16", "float32"]
     indices_dtype: Literal["int16", "int32"]
     num_rows: int = Field(ge=0, le=MAX_ROWS)
@@ -136,4 +139,25 @@ def parse_manifest(raw, where: str) -> Manifest:
     for s in m.dataset.splits:
         if s not in m.dataset.split_sizes:
             raise StoreError(f"{where}: manifest.dataset.split_sizes: no size for split {s!r}")
+    _check_sizes(m, where)
     return m
+
+
+def _check_sizes(m: Manifest, where: str) -> None:
+    """Counts and shapes a hostile manifest could inflate, refused before anything is allocated."""
+    for name, f in m.features.items():
+        if any(not 1 <= d <= 2**24 for d in f.shape):
+            raise StoreError(f"{where}: manifest.features.{name}.shape: {f.shape}: each dimension must be in 1..2**24")
+    d = m.dataset
+    if len(set(d.splits)) != len(d.splits) or set(d.splits) != set(d.split_sizes):
+        raise StoreError(f"{where}: manifest.dataset.splits: {d.splits} must be distinct and match split_sizes {list(d.split_sizes)}")
+    if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or sum(d.split_sizes.values()) != m.num_rows:
+        raise StoreError(f"{where}: manifest.dataset.split_sizes: {d.split_sizes} must add up to num_rows={m.num_rows}")
+    row_bytes = 0
+    for name, (shape, dtype) in m.array_specs().items():
+        per_row = int(np.prod(shape[1:], dtype=np.float64)) * np.dtype(dtype).itemsize
+        row_bytes += per_row
+        if per_row * m.chunk_rows > MAX_CHUNK_BYTES:
+            raise StoreError(f"{where}: manifest: array {name} would need {per_row * m.chunk_rows:,} bytes per block (limit {MAX_CHUNK_BYTES:,})")
+    if row_bytes > MAX_ROW_BYTES:
+        raise StoreError(f"{where}: manifest: {row_bytes:,} bytes per row (limit {MAX_ROW_BYTES:,})")

@@ -32,10 +32,7 @@ from ..errors import StoreError
 from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, write_manifest
 from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
 from .lock import StoreLock
-
-
-def block_sha256(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+from .markers import block_sha256, marker_path
 
 
 def _os_error(path: Path, what: str, e: OSError) -> StoreError:
@@ -117,7 +114,7 @@ class CacheWriter:
         return start, min(start + self.manifest.chunk_rows, self.manifest.num_rows)
 
     def marker_path(self, b: int) -> Path:
-        return self.path / MARKERS / f"block-{b:08d}.json"
+        return marker_path(self.path, b)
 
     def pending_blocks(self, shard: int = 0, num_shards: int = 1) -> list[int]:
         return [
