@@ -1,0 +1,155 @@
+"""kill -9 the teacher pass at precise moments (crashpoints.py), rerun, and the store equals an uninterrupted
+run's bit for bit. Also: the writer lock refuses a second writer by name and is taken over once its holder
+is dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zarr
+
+from kd_pipeline.config import load_config
+from kd_pipeline.errors import StoreError
+from kd_pipeline.runner import run_pipeline
+from kd_pipeline.store import CacheWriter, open_store
+from kd_pipeline.store.lock import active_holders
+from tests.conftest import tiny_config, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ARRAYS = ("topk_logits", "topk_indices", "lse", "features/penultimate")
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zygote.py")], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    yield proc
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def start_paused(zygote, yaml_path: Path, point: str, stage: str, tmp: Path) -> int:
+    """`kd run --stage <stage>` in a child process that stops at `point` and waits there to be killed."""
+    flag = tmp / f"paused-{point.replace(':', '-')}"
+    req = {"argv": ["kd", "run", str(yaml_path), "--stage", stage], "env": {"KD_PAUSE_AT": point, "KD_PAUSE_FILE": str(flag)}}
+    zygote.stdin.write(json.dumps(req) + "\n")
+    zygote.stdin.flush()
+    pid = int(zygote.stdout.readline())
+    deadline = time.monotonic() + 180
+    while not flag.exists():
+        if not alive(pid):
+            pytest.fail(f"{stage} ended before reaching {point} (its stderr is in the pytest output)")
+        if time.monotonic() > deadline:
+            kill9(pid)
+            pytest.fail(f"{stage} never reached {point}")
+        time.sleep(0.02)
+    assert int(flag.read_text()) == pid
+    return pid
+
+
+def kill9(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while alive(pid):  # reaped by the zygote
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def same_store(a: Path, b: Path) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ARRAYS:
+        x, y = ga[name][:], gb[name][:]
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+    assert (a / "samples.parquet").read_bytes() == (b / "samples.parquet").read_bytes()
+
+
+@pytest.fixture
+def fresh_run(tiny_run, tmp_path) -> Path:
+    """A run folder holding only the session's trained teacher: the cache stage starts from nothing."""
+    src = load_config(tiny_run).out_dir
+    (tmp_path / "run").mkdir()
+    shutil.copy(src / "teacher.safetensors", tmp_path / "run" / "teacher.safetensors")
+    return write_config(tmp_path / "pipeline.yaml", tiny_config(tmp_path / "run"))
+
+
+def _chunk(store: Path, name: str, b: int) -> Path:
+    return store / name / "c" / str(b) / "0"
+
+
+STATE_AT_KILL = {
+    # point -> check of what the killed writer left behind
+    "store_created": lambda s: not list((s / "_markers").glob("block-*.json")),
+    "block_chunks:3": lambda s: _chunk(s, "topk_logits", 3).is_file() and not (s / "_markers" / "block-00000003.json").exists(),
+    "marker_tmp:5": lambda s: list((s / "_markers").glob(".block-00000005.json.*.tmp")) and not (s / "_markers" / "block-00000005.json").exists(),
+    "samples_written": lambda s: (s / "samples.parquet").is_file(),
+    "manifest_tmp": lambda s: list(s.glob(".zarr.json.*.tmp")),
+}
+
+
+def second_writer_refused(cfg, pid: int) -> None:
+    """While the paused writer lives: another writer (API or `kd run`) is refused, naming it."""
+    m = open_store(cfg.cache_path, allow_incomplete=True).manifest
+    with pytest.raises(StoreError) as e:
+        CacheWriter.open(cfg.cache_path, m)
+    msg = str(e.value)
+    assert f"pid {pid} on host {os.uname().nodename}, started 20" in msg and "\n" not in msg
+    with pytest.raises(StoreError, match=f"another writer holds the store lock \\(pid {pid} "):
+        run_pipeline(cfg, only=["cache_teacher"])
+    assert [h["pid"] for h in active_holders(cfg.cache_path)] == [pid]
+
+
+@pytest.mark.parametrize("point", list(STATE_AT_KILL))
+def test_kill9_then_rerun_equals_uninterrupted(point, zygote, tiny_run, fresh_run, tmp_path, capsys):
+    reference = load_config(tiny_run).cache_path  # the session's uninterrupted run, same data and teacher
+    cfg = load_config(fresh_run)
+    store = cfg.cache_path
+    pid = start_paused(zygote, fresh_run, point, "cache_teacher", tmp_path)
+    if point == "block_chunks:3":
+        second_writer_refused(cfg, pid)
+    kill9(pid)
+    assert STATE_AT_KILL[point](store), f"kill at {point} did not leave the expected state"
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(store)  # whatever moment it died at, a killed store is never read as complete
+    if point == "block_chunks:3":
+        for name in ARRAYS:  # a torn block: its bytes must be rewritten, not trusted, since it has no marker
+            _chunk(store, name, 3).write_bytes(b"\xff" * 17)
+    assert json.loads((store / "_lock.json").read_text())["pid"] == pid  # the dead writer's lock is left
+    assert active_holders(store) == []  # ... but not held: the kernel dropped the dead process's flock
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert f"took over the stale lock of pid {pid}" in capsys.readouterr().out
+    same_store(store, reference)
+    assert not list(store.rglob("*.partial")) and not list(store.rglob(".*.tmp"))
+    st = open_store(store)
+    for b in range(st.num_blocks):  # checksums of every block against its marker
+        st.check_block(b, st.read_block(b))
+    st.close()
+
+
+def test_sharded_writers_share_the_store_but_not_a_shard(tmp_path):
+    from tests.test_store import manifest
+
+    m = manifest()
+    with CacheWriter.open(tmp_path / "s", m, shard=0, num_shards=2) as w0:
+        with CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2):
+            with pytest.raises(StoreError, match="another writer holds the store lock"):
+                CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2)
+            with pytest.raises(StoreError, match=r"sharded writers: pid \d+ .*\(shard 0/2\)"):
+                CacheWriter.open(tmp_path / "s", m)
+        assert w0.pending_blocks(0, 2) == [0, 2]
+    with CacheWriter.open(tmp_path / "s", m) as w:
+        assert w.lock.exclusive
