@@ -22,7 +22,9 @@ class BlockStream:
         self.store = store
         self.batch_size = batch_size
         self.window = window
-        self.rng = np.random.default_rng(seed)
+        # Two generators: the reader thread draws block orders, the consumer row orders. One shared generator
+        # would make the batch sequence depend on thread timing; two keep it a function of the seed (resume).
+        self.block_rng, self.row_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         self.check = check
 
     def _read_window(self, blocks: list[int]) -> dict[str, np.ndarray]:
@@ -38,7 +40,7 @@ class BlockStream:
 
     def _windows(self) -> Iterator[list[int]]:
         while True:
-            order = self.rng.permutation(self.store.num_blocks).tolist()
+            order = self.block_rng.permutation(self.store.num_blocks).tolist()
             for i in range(0, len(order), self.window):
                 yield order[i : i + self.window]
 
@@ -67,7 +69,7 @@ class BlockStream:
                     raise item
                 if carry is not None:
                     item = {k: np.concatenate([carry[k], item[k]]) for k in item}
-                perm = self.rng.permutation(len(item["row"]))
+                perm = self.row_rng.permutation(len(item["row"]))
                 n_full = len(perm) // self.batch_size * self.batch_size
                 for i in range(0, n_full, self.batch_size):
                     sel = perm[i : i + self.batch_size]

@@ -5,7 +5,7 @@ from kd_pipeline.config import PipelineConfig
 from kd_pipeline.data import load_splits
 from kd_pipeline.distill import ce_step
 from kd_pipeline.models import build_model
-from kd_pipeline.training import fit, random_batches, seed_everything
+from kd_pipeline.training import fit, random_batches, seed_everything, stage_checkpoint
 
 NAME = "train_baseline"
 PARAMS = ("seed", "data", "student", "student_train")
@@ -24,5 +24,7 @@ def run(cfg: PipelineConfig) -> None:
     x, y = load_splits(cfg.data, [cfg.data.train_split])[cfg.data.train_split]
     model = build_model(cfg.student, cfg.data.num_classes).train()
     batches = random_batches(x, y, cfg.student_train.batch_size, cfg.seed)
-    fit(model.parameters(), batches, ce_step(model), cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl")
+    ckpt = stage_checkpoint(cfg, NAME, PARAMS, cfg.student_train, {"model": model})
+    fit(model.parameters(), batches, ce_step(model), cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt)
     save_model(model, outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs})
+    ckpt.remove()

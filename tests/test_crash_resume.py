@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,52 +18,9 @@ from kd_pipeline.runner import run_pipeline
 from kd_pipeline.store import CacheWriter, open_store
 from kd_pipeline.store.lock import active_holders
 from tests.conftest import tiny_config, write_config
+from tests.killing import kill9, start_paused
 
-ROOT = Path(__file__).resolve().parents[1]
 ARRAYS = ("topk_logits", "topk_indices", "lse", "features/penultimate")
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zygote.py")], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    yield proc
-    proc.stdin.close()
-    proc.wait(timeout=60)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def start_paused(zygote, yaml_path: Path, point: str, stage: str, tmp: Path) -> int:
-    """`kd run --stage <stage>` in a child process that stops at `point` and waits there to be killed."""
-    flag = tmp / f"paused-{point.replace(':', '-')}"
-    req = {"argv": ["kd", "run", str(yaml_path), "--stage", stage], "env": {"KD_PAUSE_AT": point, "KD_PAUSE_FILE": str(flag)}}
-    zygote.stdin.write(json.dumps(req) + "\n")
-    zygote.stdin.flush()
-    pid = int(zygote.stdout.readline())
-    deadline = time.monotonic() + 180
-    while not flag.exists():
-        if not alive(pid):
-            pytest.fail(f"{stage} ended before reaching {point} (its stderr is in the pytest output)")
-        if time.monotonic() > deadline:
-            kill9(pid)
-            pytest.fail(f"{stage} never reached {point}")
-        time.sleep(0.02)
-    assert int(flag.read_text()) == pid
-    return pid
-
-
-def kill9(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while alive(pid):  # reaped by the zygote
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
 
 
 def same_store(a: Path, b: Path) -> None:
