@@ -28,7 +28,7 @@ def _errors():
     except KDError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)  # one line, even for odd input
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise

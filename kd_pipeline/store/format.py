@@ -42,7 +42,7 @@ def indices_dtype(num_classes: int) -> str:
 def check_name(name: str, what: str) -> str:
     """Names from a manifest become paths: no separators, no '..', identifiers only."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise StoreError(f"{what}: invalid name {name!r} (letters, digits and _ only)")
+        raise StoreError(f"{what}: invalid name {_short(name)} (letters, digits and _ only)")
     return name
 
 
@@ -114,14 +114,20 @@ class Manifest(_Open):
         return specs
 
 
+def _short(v) -> str:
+    """An untrusted value in an error message: repr (no raw newlines), at most 60 characters."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def parse_manifest(raw, where: str) -> Manifest:
     if not isinstance(raw, dict):
         raise StoreError(f"{where}: no '{ATTR}' manifest in the root attributes (not a kd-cache store)")
     if raw.get("format") != FORMAT:
-        raise StoreError(f"{where}: manifest format is {raw.get('format')!r}, expected {FORMAT!r}")
+        raise StoreError(f"{where}: manifest format is {_short(raw.get('format'))}, expected {FORMAT!r}")
     v = raw.get("version")
     if not isinstance(v, int) or isinstance(v, bool) or v > VERSION or v < 1:
-        raise StoreError(f"{where}: store format version {v!r} is not supported (this tool reads version {VERSION})")
+        raise StoreError(f"{where}: store format version {_short(v)} is not supported (this tool reads version {VERSION})")
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:

@@ -55,10 +55,14 @@ class CacheStore:
         """All arrays' rows of block b; one chunk read per array, issued concurrently (~0.6 ms each)."""
         start, stop = self.block_rows(b)
         futs = {name: self._pool.submit(a.__getitem__, slice(start, stop)) for name, a in self.arrays.items()}
-        try:
-            return {name: f.result() for name, f in futs.items()}
-        except Exception as e:
-            raise StoreError(f"{self.path}: block {b} (rows {start}..{stop}): cannot read ({type(e).__name__}: {e})") from e
+        out = {}
+        for name, f in futs.items():
+            try:
+                out[name] = f.result()
+            except Exception as e:
+                msg = str(e).splitlines()[0] if str(e) else ""
+                raise StoreError(f"{self.path}: array {name} block {b} (rows {start}..{stop}): cannot read, truncated or corrupt chunk ({type(e).__name__}: {msg})") from e
+        return out
 
     def check_block(self, b: int, block: dict[str, np.ndarray]) -> None:
         """Cheap per-block checks before training on it; raises StoreError naming array and row."""
