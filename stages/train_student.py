@@ -31,7 +31,7 @@ def run(cfg: PipelineConfig) -> None:
     store = open_store(cfg.cache_path)
     m = store.manifest
     splits = load_splits(cfg.data, m.dataset.splits)
-    check_store_for(store, splits, cfg.data.num_classes, cfg.distill.temperature)
+    check_store_for(store, splits, cfg.data.num_classes, cfg.distill.temperature, (cfg.teacher, cfg.out_dir / "teacher.safetensors"))
     x_rows, y_rows = rows_aligned(store, splits)
     student = build_model(cfg.student, m.num_classes).train()
     step, extra = kd_step(student, cfg.distill, store, x_rows)
