@@ -251,3 +251,26 @@ def test_random_damage_reads_right_or_raises_kderror(pristine, tmp_path_factory,
         else:
             f.write_bytes(b"\0" * size)
     _reads_right_or_refuses(p, original)
+
+
+def test_repair_by_deleting_a_corrupt_blocks_marker(pristine, tmp_path):
+    """docs/integrity.md: delete the marker of a block verify calls corrupt, rerun the writer: only that block
+    is recomputed and the store verifies again."""
+    from kd_pipeline.store import CacheWriter
+    from kd_pipeline.store.writer import samples_table
+    from tests.test_store import blocks_for
+
+    p = tmp_path / "s"
+    shutil.copytree(pristine, p)
+    flip_byte(p / "topk_logits" / "c" / "1" / "0", 11)
+    assert "array topk_logits block 1" in verify_store(p).problems[0]
+    marker_path(p, 1).unlink()
+    m = open_store(pristine).manifest
+    torch.manual_seed(0)
+    blocks = blocks_for(m, torch.randn(300, 10) * 3, torch.randn(300, 2))  # the same teacher outputs again
+    with CacheWriter.open(p, m) as w:
+        assert w.pending_blocks() == [1]
+        w.write_block(1, blocks[1])
+        w.finalize(samples_table(m.dataset.split_sizes, {"train": np.arange(75) % 10, "transfer": np.full(225, -1)}))
+    r = verify_store(p)
+    assert r.problems == [] and "blocks: 3 of 3 match" in r.checked[2]

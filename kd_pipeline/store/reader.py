@@ -117,6 +117,10 @@ def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
     m = parse_manifest(raw, where)
     if not m.complete and not allow_incomplete:
         raise StoreError(f"{where}: store is incomplete (complete: false); rerun the cache_teacher stage to finish it")
+    for name in m.array_specs():
+        meta = path / name / "zarr.json"
+        if meta.is_file() and meta.stat().st_size > MAX_ZARR_JSON:
+            raise StoreError(f"{where}: array {name}: zarr.json is larger than {MAX_ZARR_JSON} bytes")
     arrays = {name: _open_array(group, name, shape, dtype, m, where) for name, (shape, dtype) in m.array_specs().items()}
     if not m.complete:
         return CacheStore(path, m, arrays, pa.table({k: pa.array([], t) for k, t in _SAMPLE_COLUMNS.items()}))
@@ -145,6 +149,9 @@ def _read_samples(path: Path, m: Manifest) -> pa.Table:
     where = str(f)
     if not f.is_file():
         raise StoreError(f"{where}: missing")
+    limit = 4096 * m.num_rows + (64 << 20)  # bytes; ~20 per row is typical
+    if f.stat().st_size > limit:
+        raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
     data = f.read_bytes()  # one row per sample: small next to the arrays
     if hashlib.sha256(data).hexdigest() != samples_sha256(path):
         raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
