@@ -81,12 +81,12 @@ def fit(
     return curve
 
 
-def stage_checkpoint(cfg, name: str, keys: tuple[str, ...], train: TrainConfig, modules: dict[str, nn.Module], *inputs) -> TrainCheckpoint:
-    """A stage's checkpoint: <out>/.kd/ckpt/<name>.safetensors, valid for its config `keys` and `inputs`."""
+def stage_checkpoint(cfg, name: str, train: TrainConfig, modules: dict[str, nn.Module], *inputs) -> TrainCheckpoint:
+    """A stage's checkpoint: <out>/.kd/ckpt/<name>.safetensors, valid only for this `train` config and the
+    `inputs` (JSON-able: the config sections and input digests the stage's result depends on)."""
     from .resume import identity
 
-    d = cfg.model_dump(mode="json")
-    ident = identity(name, {k: d[k] for k in keys}, *inputs)
+    ident = identity(name, train.model_dump(mode="json"), *inputs)
     return TrainCheckpoint(cfg.out_dir / ".kd" / "ckpt" / f"{name}.safetensors", train.checkpoint_every, ident, modules)
 
 
