@@ -106,3 +106,37 @@ def test_sharded_writers_share_the_store_but_not_a_shard(tmp_path):
         assert w0.pending_blocks(0, 2) == [0, 2]
     with CacheWriter.open(tmp_path / "s", m) as w:
         assert w.lock.exclusive
+
+
+def test_a_store_killed_while_being_created_is_rebuilt_but_a_foreign_folder_is_not(tmp_path):
+    from tests.test_store import manifest
+
+    p = tmp_path / "s"
+    p.mkdir()
+    zarr.open_group(str(p), mode="w", zarr_format=3)  # zarr.json without a manifest yet
+    (p / ".zarr.json.123.tmp").write_text("{")  # our manifest temp file
+    (p / "zarr.0badc0de.partial").write_text("{")  # zarr's temp file
+    (p / "lse").mkdir()
+    with CacheWriter.open(p, manifest()) as w:
+        assert w.pending_blocks() == [0, 1, 2, 3]
+    assert sorted(x.name for x in p.iterdir()) == ["_lock.json", "_markers", "lse", "topk_indices", "topk_logits", "zarr.json"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a store")
+    with pytest.raises(StoreError, match=r"exists and is not a kd-cache store \(holds \['notes.txt'\]\); choose another cache.path"):
+        CacheWriter.open(other, manifest())
+    assert (other / "notes.txt").exists()
+
+
+def test_a_store_of_a_newer_format_is_never_overwritten(tmp_path):
+    from kd_pipeline.store.files import write_manifest
+    from tests.test_store import manifest, write_store
+
+    import torch
+
+    write_store(tmp_path / "s", manifest(), torch.randn(1000, 10))
+    meta = json.loads((tmp_path / "s" / "zarr.json").read_text())["attributes"]["kd_cache"]
+    write_manifest(tmp_path / "s", {**meta, "version": 2})
+    with pytest.raises(StoreError, match="holds a store of format version 2 \\(newer than 1\\); will not overwrite it"):
+        CacheWriter.open(tmp_path / "s", manifest())
+    assert (tmp_path / "s" / "samples.parquet").exists()

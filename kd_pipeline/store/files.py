@@ -57,9 +57,14 @@ def chunk_files(path: Path, name: str, b: int, ndim: int) -> list[Path]:
     return [path / name / "c" / str(b) / Path(*(["0"] * (ndim - 1)))] if ndim > 1 else [path / name / "c" / str(b)]
 
 
+def _own(name: str) -> bool:
+    """A store's own file, a lock, or a temp file a killed writer (ours or zarr's) left behind."""
+    return name in OWN_NAMES or name.startswith("_lock") or name.endswith(".partial") or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def clear_for_create(path: Path) -> None:
     """Empty a folder before creating a store in it; refuse if it holds anything a store would not."""
-    foreign = [p.name for p in path.iterdir() if p.name not in OWN_NAMES and not p.name.startswith("_lock")]
+    foreign = [p.name for p in path.iterdir() if not _own(p.name)]
     if foreign:
         raise StoreError(
             f"{path}: exists and is not a kd-cache store (holds {sorted(foreign)[:3]}); "
