@@ -4,6 +4,7 @@ With `KD_PAUSE_AT=<name>` in the environment, the process that reaches `pause_po
 to `$KD_PAUSE_FILE` and sleeps until it is killed, so `kill -9` lands exactly there rather than at a
 random moment. Without the variable a pause point is one dict lookup. Names used:
     store_created                  arrays and manifest written, no block yet
+    block_array:<b>:<array>        mid-block: block b's chunk of <array> written, the next arrays' not yet
     block_chunks:<b>               block b's chunks written, its marker not yet
     marker_tmp:<b>                 block b's marker in its temp file, not yet renamed into place
     samples_written                samples.parquet in place, `complete` still false

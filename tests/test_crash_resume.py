@@ -47,6 +47,7 @@ def _chunk(store: Path, name: str, b: int) -> Path:
 STATE_AT_KILL = {
     # point -> check of what the killed writer left behind
     "store_created": lambda s: not list((s / "_markers").glob("block-*.json")),
+    "block_array:4:topk_indices": lambda s: _chunk(s, "topk_indices", 4).is_file() and not _chunk(s, "lse", 4).exists(),
     "block_chunks:3": lambda s: _chunk(s, "topk_logits", 3).is_file() and not (s / "_markers" / "block-00000003.json").exists(),
     "marker_tmp:5": lambda s: list((s / "_markers").glob(".block-00000005.json.*.tmp")) and not (s / "_markers" / "block-00000005.json").exists(),
     "samples_written": lambda s: (s / "samples.parquet").is_file(),

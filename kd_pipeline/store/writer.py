@@ -139,6 +139,7 @@ class CacheWriter:
                 sums[name] = block_sha256(a)
                 for f in chunk_files(self.path, name, b, a.ndim):
                     fsync_file(f)
+                pause_point(f"block_array:{b}:{name}")
             pause_point(f"block_chunks:{b}")
             marker = {"block": b, "rows": [start, stop], "sha256": sums}
             atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}")
