@@ -89,7 +89,7 @@ class StoreLock:
         try:
             f = open(path, "a+")
         except OSError as e:
-            raise StoreError(f"{path}: cannot open the lock file ({e.strerror})") from e
+            raise StoreError(f"{path}: cannot open the lock file ({e.strerror}); writing a store needs a writable location") from e
         if not _try_flock(f, mode):
             info = _read_info(f)
             f.close()

@@ -9,7 +9,8 @@ matches (a different one is replaced: its parameters are stale); `pending_blocks
 marker; `write_block(b, arrays)` writes and then marks; `finalize(table)` checks every marker, writes
 `samples.parquet` and only then sets `complete: true`.
 
-Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) while open; a block's
+Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) from `open` until
+`finalize` or `close` (use it as a context manager); a block's
 chunks are fsynced before its marker is renamed into place, so a marker always means the block's bytes are
 on disk; a killed writer's temp files are removed on resume; an OSError (permission, disk full) becomes a
 one-line StoreError and leaves every marked block in place for the next run.
@@ -163,6 +164,7 @@ class CacheWriter:
         except OSError as e:
             raise _os_error(self.path, "finalize the store", e) from e
         self.manifest = done
+        self.close()  # finished: nothing more to write, so another writer may open it
         return self.manifest
 
 
