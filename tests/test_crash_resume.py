@@ -65,6 +65,9 @@ def second_writer_refused(cfg, pid: int) -> None:
     with pytest.raises(StoreError, match=f"another writer holds the store lock \\(pid {pid} "):
         run_pipeline(cfg, only=["cache_teacher"])
     assert [h["pid"] for h in active_holders(cfg.cache_path)] == [pid]
+    from kd_pipeline.store.verify import verify_store
+
+    assert verify_store(cfg.cache_path).notes[0].startswith(f"a writer is active (pid {pid} ")
 
 
 @pytest.mark.parametrize("point", list(STATE_AT_KILL))
@@ -141,3 +144,16 @@ def test_a_store_of_a_newer_format_is_never_overwritten(tmp_path):
     with pytest.raises(StoreError, match="holds a store of format version 2 \\(newer than 1\\); will not overwrite it"):
         CacheWriter.open(tmp_path / "s", manifest())
     assert (tmp_path / "s" / "samples.parquet").exists()
+
+
+def test_sharded_writer_clears_a_dead_unsharded_writers_lock_info(tmp_path):
+    from tests.test_store import manifest
+
+    m = manifest()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "_lock.json").write_text(json.dumps({"pid": 999999, "host": "gone", "started_at": "then"}))
+    with CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2) as w:
+        assert [o["pid"] for o in w.lock.taken_over] == [999999]
+        with pytest.raises(StoreError) as e:
+            CacheWriter.open(tmp_path / "s", m)
+        assert f"pid {os.getpid()}" in str(e.value) and "(shard 1/2)" in str(e.value) and "999999" not in str(e.value)

@@ -16,7 +16,6 @@ from pathlib import Path
 from ..crashpoints import pause_point
 from ..errors import StoreError
 from .format import ATTR, CORE_ARRAYS, MARKERS, SAMPLES
-from .lock import LOCK
 
 SAMPLES_MARKER = "samples.json"  # _markers/samples.json: sha256 of samples.parquet
 # Everything a store folder may hold; anything else means the folder is not ours to delete.

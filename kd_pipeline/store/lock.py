@@ -96,10 +96,13 @@ class StoreLock:
             raise StoreError(self._refusal(path, info))
         self.files.append(f)
         old = _read_info(f)
-        if old and mode == fcntl.LOCK_EX and old.get("pid") is not None:
+        if old and old.get("pid") is not None:
             self.taken_over.append(old)  # its process is gone (the kernel released its flock)
         if mode == fcntl.LOCK_EX:
             self._write_info(f)
+        else:  # shared: no exclusive holder can exist now, so any info in the file is stale; shards name
+            f.seek(0)  # themselves in their own shard lock files
+            f.truncate()
 
     def _refusal(self, path: Path, info: dict | None) -> str:
         if path.name == LOCK and info is None:
@@ -137,8 +140,9 @@ class StoreLock:
     def share(self) -> None:
         """Back to shared after creating (sharded writers only), so the other shards can join."""
         if self.sharded and self.exclusive:
-            fcntl.flock(self.files[0].fileno(), fcntl.LOCK_SH)
             self.exclusive = False
+            if not _try_flock(self.files[0], fcntl.LOCK_SH):  # flock conversion is not atomic
+                raise StoreError(f"{self.store}: another writer took the store lock while this shard created the store")
 
     def release(self) -> None:
         for f in reversed(self.files):
