@@ -85,7 +85,8 @@ class CacheWriter:
     def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock) -> "CacheWriter":
         existing = _read_manifest(path)
         if existing is not None and existing.identity() == manifest.identity():
-            remove_partials(path)
+            if lock.exclusive:  # never under a running shard's feet: its temp files are in flight
+                remove_partials(path)
             group = zarr.open_group(str(path), mode="r+", zarr_format=3)
             return cls(path, existing, group)
         if not create:
