@@ -5,6 +5,8 @@ byte-level damage either read back the original data exactly or raise the tool's
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -150,7 +152,7 @@ def test_each_damaged_store_is_refused_with_its_own_line(case, pristine, tmp_pat
     with pytest.raises(StoreError) as e:
         read_everything(p)
     msg = str(e.value)
-    assert "\n" not in msg and __import__("re").search(expect, msg), msg
+    assert "\n" not in msg and re.search(expect, msg), msg
     r = runner.invoke(app, ["verify", str(p)])
     assert r.exit_code == 2, r.output
     problems = [x for x in r.output.splitlines() if x.startswith("problem: ")]
@@ -202,7 +204,8 @@ def _reads_right_or_refuses(p: Path, original: dict) -> None:
     assert all("\n" not in x for x in r.problems)
 
 
-_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# 40 examples each keeps the suite fast; KD_HYPOTHESIS_EXAMPLES=600 ran clean too (2 x 600, ~2 min).
+_SETTINGS = settings(max_examples=int(os.environ.get("KD_HYPOTHESIS_EXAMPLES", 40)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @_SETTINGS
