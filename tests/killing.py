@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTED: list[int] = []  # children of the zygote; any still alive at the end of the session are killed
 
 
 def start_zygote() -> subprocess.Popen:
@@ -34,6 +35,7 @@ def start_paused(zygote, yaml_path: Path, point: str, stage: str, tmp: Path) -> 
     zygote.stdin.write(json.dumps(req) + "\n")
     zygote.stdin.flush()
     pid = int(zygote.stdout.readline())
+    STARTED.append(pid)
     deadline = time.monotonic() + 180
     while not flag.exists():
         if not alive(pid):
@@ -52,3 +54,10 @@ def kill9(pid: int) -> None:
     while alive(pid):  # reaped by the zygote
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+def kill_leftovers() -> None:
+    """A test that failed between start_paused and kill9 leaves its child asleep: end it."""
+    for pid in STARTED:
+        if alive(pid):
+            kill9(pid)
