@@ -42,6 +42,7 @@ def atomic_write(path: Path, data: bytes, pause: str | None = None) -> None:
     if pause:
         pause_point(pause)
     os.replace(tmp, path)
+    fsync_file(path.parent)  # the rename itself, for power loss (a kill -9 needs none of these fsyncs)
 
 
 def write_manifest(path: Path, manifest: dict, pause: str | None = None) -> None:
