@@ -1,0 +1,42 @@
+"""All four benchmarks in turn (`make bench`); figures and commands are recorded in docs/benchmarks.md.
+
+    .venv/bin/python -m bench.all            # full: speed benchmarks (~10 min) + quality over 3 seeds (~30 min)
+    .venv/bin/python -m bench.all --quick    # same speed benchmarks; quality with 1000-step runs, 1 seed
+
+One at a time, never in parallel: each speed figure is a ratio of two measurements alternated in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench import quality, reading, student_step, teacher_pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="quality: 1000 teacher/student steps and one seed")
+    ap.add_argument("--skip-quality", action="store_true")
+    a = ap.parse_args(argv)
+    store = Path("bench/out/store")
+    parts = [
+        ("1. teacher pass", lambda: teacher_pass.run([32, 256], rounds=5)),
+        ("2. student step", lambda: student_step.run(store, steps=1000, rounds=5)),
+        ("3. reading", lambda: reading.run(store, passes=2.0, rounds=5)),
+    ]
+    if not a.skip_quality:
+        root = Path("bench/out") / ("quality-quick" if a.quick else "quality")
+        seeds = [0] if a.quick else [0, 1, 2]
+        sets = quality.QUICK if a.quick else []
+        parts.append(("4. quality", lambda: quality.report(quality.run(root, seeds, sets=sets))))
+    for title, fn in parts:
+        print(f"\n== {title}")
+        t0 = time.perf_counter()
+        fn()
+        print(f"   ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
