@@ -92,10 +92,26 @@ def pipeline_store(out: Path, *sets: str) -> PipelineConfig:
     return cfg
 
 
+def bench_args(doc: str) -> argparse.ArgumentParser:
+    """--threads and --set, shared by every benchmark; call `apply_threads(args)` after parsing."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see docs/benchmarks.md: 1 on a shared 2-core box)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra KEY=VALUE overrides (as kd run --set)")
+    return ap
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """On a shared, oversubscribed 2-core machine two intra-op threads spend most of each small op waiting
+    for a descheduled peer (MLP step measured at 150 ms with 2 threads vs 11 ms with 1); both sides of
+    every ratio run with the same setting."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def store_bench_args(doc: str) -> argparse.ArgumentParser:
     """Command-line options shared by the benchmarks that read the benchmark store."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap = bench_args(doc)
     ap.add_argument("--rounds", type=int, default=5, help="alternated rounds; the median ratio is reported")
     ap.add_argument("--out", type=Path, default=Path("bench/out/store"), help="run folder of the benchmark store")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra KEY=VALUE overrides (as kd run --set)")
     return ap

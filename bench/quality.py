@@ -14,7 +14,6 @@ Goal: cached k = 3 within 0.3 points of online.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import config, online_kd_step
+from bench.common import apply_threads, bench_args, config, online_kd_step
 from kd_pipeline.checkpoint import load_model, save_model
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.data import load_splits
@@ -119,12 +118,12 @@ def report(result: dict, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_args(__doc__)
     ap.add_argument("--quick", action="store_true", help="1000 teacher / 1000 student steps (smoke check)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--root", type=Path, default=None, help="run folders (default bench/out/quality[-quick])")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra KEY=VALUE overrides")
     a = ap.parse_args(argv)
+    apply_threads(a)
     root = a.root or Path("bench/out") / ("quality-quick" if a.quick else "quality")
     sets = (QUICK if a.quick else []) + a.sets
     print(f"quality: root {root}, seeds {a.seeds}, overrides {sets or 'none'}")

@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.reading --passes 4 --rounds 7
 
 - stream: `BlockStream` over the real store (made by the cache_teacher stage), as the student stage builds
-  it (batch = student_train.batch_size, window = distill.shuffle_window, per-block checks on); also
+  it (batch = student_train.batch_size, window = distill.shuffle_window, per-block checks on), a fresh
+  stream each round (its first window is read on the clock: nothing is prefetched for free); also
   reported without the per-block checks (`check=False`) to show what validation costs;
 - memmap: every store array copied once into an `.npy` file, opened with `np.load(mmap_mode="r")`, and
   read as random batches (`a[idx]` for uniform random row ids) — the nanoGPT way, the fastest plain
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import alternate, median_ratio, pipeline_store, store_bench_args, summary, verdict
+from bench.common import alternate, apply_threads, median_ratio, pipeline_store, store_bench_args, summary, verdict
 from kd_pipeline.store import open_store
 from kd_pipeline.stream import BlockStream
 
@@ -46,20 +47,30 @@ def run(out: Path, passes: float, rounds: int, sets: list[str] = (), log=print) 
                 _ = {k: a[idx] for k, a in mm.items()}  # a fancy index copies the rows out
             return n_batches * bs
 
-        def reader(check: bool):
-            it = iter(BlockStream(store, bs, cfg.distill.shuffle_window, cfg.seed, check=check))
+        its: dict[str, object] = {}
+
+        def fresh(name: str, check: bool):
+            def setup() -> None:  # a new stream per round, its reader thread started on the clock:
+                if name in its:  # conservative, and no window prefetched while the other side ran
+                    its[name].close()
+                its[name] = iter(BlockStream(store, bs, cfg.distill.shuffle_window, cfg.seed, check=check))
 
             def read() -> int:
                 for _ in range(n_batches):
-                    next(it)
+                    next(its[name])
                 return n_batches * bs
 
-            return read
+            return setup, read
 
-        fns = {"stream": reader(True), "stream (no checks)": reader(False), "memmap": memmap}
-        for fn in fns.values():
-            fn()  # warm-up: page cache, reader threads
-        rates = alternate(fns, rounds)
+        streams = {"stream": fresh("stream", True), "stream (no checks)": fresh("stream (no checks)", False)}
+        fns = {name: read for name, (_, read) in streams.items()} | {"memmap": memmap}
+        setup = {name: s for name, (s, _) in streams.items()}
+        for name, fn in fns.items():
+            setup.get(name, lambda: None)()
+            fn()  # warm-up: page cache, code paths
+        rates = alternate(fns, rounds, setup)
+        for it in its.values():
+            it.close()
     store.close()
     ratio = median_ratio(rates, "stream", "memmap")
     ratio_nc = median_ratio(rates, "stream (no checks)", "memmap")
@@ -72,8 +83,9 @@ def run(out: Path, passes: float, rounds: int, sets: list[str] = (), log=print) 
 
 def main(argv: list[str] | None = None) -> None:
     ap = store_bench_args(__doc__)
-    ap.add_argument("--passes", type=float, default=2.0, help="passes over the store per timed call")
+    ap.add_argument("--passes", type=float, default=4.0, help="passes over the store per timed call")
     a = ap.parse_args(argv)
+    apply_threads(a)
     run(a.out, a.passes, a.rounds, a.sets)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import alternate, median_ratio, online_kd_step, pipeline_store, store_bench_args, summary, verdict
+from bench.common import alternate, apply_threads, median_ratio, online_kd_step, pipeline_store, store_bench_args, summary, verdict
 from kd_pipeline.checkpoint import load_model
 from kd_pipeline.config import TrainConfig
 from kd_pipeline.data import load_splits
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = store_bench_args(__doc__)
     ap.add_argument("--steps", type=int, default=1000, help="optimizer steps per timed call")
     a = ap.parse_args(argv)
+    apply_threads(a)
     run(a.out, a.steps, a.rounds, a.sets)
 
 

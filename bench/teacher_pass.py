@@ -1,7 +1,7 @@
 """Teacher pass benchmark: cache pass rows/s ÷ bare teacher forward rows/s, same teacher, data and batch size.
 
-    .venv/bin/python -m bench.teacher_pass                       # default teacher (32 ch) and a 256-ch one
-    .venv/bin/python -m bench.teacher_pass --channels 32 --rounds 7
+    .venv/bin/python -m bench.teacher_pass          # pipeline.yaml's teacher, without features, and 256 channels
+    .venv/bin/python -m bench.teacher_pass --only default --rounds 7
 
 Real pass: `kd_pipeline.cachepass.run_teacher_pass` into a fresh store (created before the clock starts, as
 the stage does after loading data and checkpoint) — forward, top-k + lse, features hook, block writes in the
@@ -13,14 +13,13 @@ cached rows (MNIST-1D train + transfer, 24,000 x 40).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.common import alternate, config, median_ratio, summary, verdict
+from bench.common import alternate, apply_threads, bench_args, config, median_ratio, summary, verdict
 from kd_pipeline.cachepass import build_manifest, probe_features, resolve_device, run_teacher_pass
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.data import load_splits
@@ -72,26 +71,35 @@ def measure(cfg: PipelineConfig, rounds: int, workdir: Path) -> dict:
     return {"ratio": median_ratio(rates, "cache pass", "bare forward"), "rates": rates}
 
 
-def run(channels: list[int], rounds: int, sets: list[str] = (), log=print) -> dict[int, dict]:
+VARIANTS = {  # label -> overrides of pipeline.yaml
+    "default": [],  # pipeline.yaml: 32-channel CNN, penultimate features cached
+    "no-features": ["cache.features={}"],  # same teacher, top-k + lse only
+    "256ch": ["teacher.kwargs.channels=256"],  # a teacher-dominated regime (64x the conv FLOPs per row)
+}
+
+
+def run(variants: dict[str, list[str]], rounds: int, sets: list[str] = (), log=print) -> dict[str, dict]:
     out = {}
-    for ch in channels:
-        cfg = config(*sets, f"teacher.kwargs.channels={ch}")
+    for label, extra in variants.items():
+        cfg = config(*sets, *extra)
         with tempfile.TemporaryDirectory(prefix="kd-bench-pass-") as tmp:
             r = measure(cfg, rounds, Path(tmp))
         params = sum(p.numel() for p in build_model(cfg.teacher, cfg.data.num_classes).parameters())
-        log(f"teacher conv1d_net channels={ch} ({params:,} params), batch {cfg.cache.batch_size}, {rounds} rounds: {summary(r['rates'])}")
+        feats = ", ".join(f"{n}={m}" for n, m in cfg.cache.features.items()) or "none"
+        log(f"{label}: {cfg.teacher.kwargs} ({params:,} params), batch {cfg.cache.batch_size}, features {feats}, "
+            f"{rounds} rounds: {summary(r['rates'])}")
         log(f"  cache pass / bare forward = {r['ratio']:.3f}  {verdict(r['ratio'], GOAL)}")
-        out[ch] = r
+        out[label] = r
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--channels", type=int, nargs="+", default=[32, 256], help="teacher widths (32 = pipeline.yaml)")
+    ap = bench_args(__doc__)
+    ap.add_argument("--only", choices=list(VARIANTS), action="append", help="run only this variant (repeatable)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra KEY=VALUE overrides")
     a = ap.parse_args(argv)
-    run(a.channels, a.rounds, a.sets)
+    apply_threads(a)
+    run({k: VARIANTS[k] for k in a.only} if a.only else VARIANTS, a.rounds, a.sets)
 
 
 if __name__ == "__main__":
