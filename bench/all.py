@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = [
         ("1. teacher pass", lambda: teacher_pass.run(teacher_pass.VARIANTS, rounds=5, sets=a.sets)),
         ("2. student step", lambda: student_step.run(store, steps=1000, rounds=5, sets=a.sets)),
+        ("2b. student step, 1024-wide MLP student", lambda: student_step.run(store, steps=200, rounds=5, sets=[*a.sets, *student_step.WIDE])),
         ("3. reading", lambda: reading.run(store, passes=4.0, rounds=5, sets=a.sets)),
     ]
     if not a.skip_quality:

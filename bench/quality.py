@@ -1,6 +1,7 @@
 """Quality benchmark: test accuracy over seeds (mean ± std) of the same MLP student trained five ways.
 
     .venv/bin/python -m bench.quality                 # full: pipeline.yaml as is, seeds 0 1 2 (~15-25 min, 2 cores)
+    .venv/bin/python -m bench.quality --seeds 0 1 2 3 4 --extra   # + one-window and float32 variants
     .venv/bin/python -m bench.quality --quick         # 1000 teacher / 1000 student steps, smoke check only
 
 Variants: baseline (hard labels), cached top-k KD (k = 1, 3), cached full (k = 10 = num_classes), online KD
@@ -8,7 +9,8 @@ Variants: baseline (hard labels), cached top-k KD (k = 1, 3), cached full (k = 1
 Driven through the real pipeline (`run_pipeline` with `--set`-style overrides): the teacher is trained once
 (out <root>/teacher), each k gets one teacher pass (out <root>/cache-k{k}), each (variant, seed) its own run
 folder. Re-running skips finished stages (the runner's stamps). Online KD is not a pipeline stage; it is
-`fit` + `random_batches` + `kd_loss` on `full_targets` of the live teacher, over the same train + transfer rows.
+`fit` + `random_batches` + `kd_loss` on `full_targets` of the live teacher, over the same train + transfer rows,
+with the student built right after seeding, as the stages do (same initial weights in every variant of a seed).
 Goal: cached k = 3 within 0.3 points of online.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,15 @@ from kd_pipeline.runner import run_pipeline
 from kd_pipeline.training import fit, predict, random_batches, seed_everything
 
 QUICK = ["teacher_train.steps=1000", "student_train.steps=1000"]
+# label -> (k, store overrides, student overrides, folder tag). One store per (k, store overrides).
+CACHED = {f"cached k={k}": (k, [], [], "") for k in (1, 3, 10)}
+EXTRA = {
+    # same stores, every block in one shuffle window: batches drawn from all rows, as online KD's are
+    "cached k=3, one window": (3, [], ["distill.shuffle_window=1000"], "-w1000"),
+    "cached k=10, one window": (10, [], ["distill.shuffle_window=1000"], "-w1000"),
+    # full distribution stored as float32: what float16 logits cost (teacher logits reach |z| ~ 200 here)
+    "cached k=10, float32": (10, ["cache.values_dtype=float32"], [], "-f32"),
+}
 
 
 def accuracy(cfg: PipelineConfig, ckpt: Path, component: str = "student") -> float:
@@ -45,11 +55,11 @@ def train_online(cfg: PipelineConfig, teacher_ckpt: Path) -> Path:
     if out.is_file():
         return out
     seed_everything(cfg.seed)
+    student = build_model(cfg.student, cfg.data.num_classes).train()  # first, as in the stages: same init
     teacher = load_model(build_model(cfg.teacher, cfg.data.num_classes), teacher_ckpt, "teacher").eval().requires_grad_(False)
     splits = load_splits(cfg.data, cfg.cached_splits)  # train (labelled) + transfer (label -1): the cached rows
     x = torch.cat([a for a, _ in splits.values()])
     y = torch.cat([b for _, b in splits.values()])
-    student = build_model(cfg.student, cfg.data.num_classes).train()
     step = online_kd_step(student, teacher, cfg.distill.alpha, cfg.distill.temperature)
     batches = random_batches(x, y, cfg.student_train.batch_size, cfg.seed)
     fit(student.parameters(), batches, step, cfg.student_train, "online_kd", cfg.out_dir / "logs" / "online_kd.jsonl")
@@ -64,37 +74,37 @@ def _link_teacher(src: Path, out_dir: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def run(root: Path, seeds: list[int], ks: tuple[int, ...] = (1, 3, 10), sets: list[str] = (), log=print) -> dict:
-    """-> {"teacher": acc, "runs": {variant: {seed: acc}}, "seconds": {variant: [s...]}}; also <root>/quality.json."""
+def run(root: Path, seeds: list[int], cached: dict = CACHED, sets: list[str] = (), log=print) -> dict:
+    """-> {"teacher": acc, "runs": {variant: {seed: acc}}}; also written to <root>/quality.json."""
     sets = list(sets)
     tcfg = config(*sets, f"out={root / 'teacher'}")
     run_pipeline(tcfg, only=["train_teacher"])
     teacher_ckpt = tcfg.out_dir / "teacher.safetensors"
-    result = {"teacher": accuracy(tcfg, teacher_ckpt, "teacher"), "runs": {}, "seconds": {}, "sets": sets}
+    result = {"teacher": accuracy(tcfg, teacher_ckpt, "teacher"), "runs": {}, "sets": sets}
     log(f"teacher accuracy {100 * result['teacher']:.2f}%")
     cache = {}
-    for k in ks:
-        ccfg = config(*sets, f"out={root / f'cache-k{k}'}", f"cache.top_k={k}")
+    for k, store_sets, _, tag in cached.values():
+        if (k, tuple(store_sets)) in cache:
+            continue
+        folder = root / (f"cache-k{k}" + (tag if store_sets else ""))
+        ccfg = config(*sets, *store_sets, f"out={folder}", f"cache.top_k={k}")
         _link_teacher(teacher_ckpt, ccfg.out_dir)
         run_pipeline(ccfg, only=["cache_teacher"])
-        cache[k] = ccfg.cache_path
+        cache[k, tuple(store_sets)] = ccfg.cache_path
 
     def record(variant: str, seed: int, cfg: PipelineConfig, ckpt_fn) -> None:
-        t0 = time.perf_counter()
-        ckpt = ckpt_fn(cfg)
-        result["seconds"].setdefault(variant, []).append(round(time.perf_counter() - t0, 1))
-        acc = accuracy(cfg, ckpt)
+        acc = accuracy(cfg, ckpt_fn(cfg))
         result["runs"].setdefault(variant, {})[seed] = acc
-        log(f"seed {seed} {variant:>10}: {100 * acc:.2f}%")
+        log(f"seed {seed} {variant:>23}: {100 * acc:.2f}%")
         (root / "quality.json").write_text(json.dumps(result, indent=1))
 
     for seed in seeds:  # seeds outer: a partial run already compares every variant
         s = [*sets, f"seed={seed}"]
         cfg = config(*s, f"out={root / f'baseline-s{seed}'}")
         record("baseline", seed, cfg, lambda c: (run_pipeline(c, only=["train_baseline"]), c.out_dir / "baseline.safetensors")[1])
-        for k in ks:
-            cfg = config(*s, f"out={root / f'kd-k{k}-s{seed}'}", f"cache.path={cache[k]}")
-            record(f"cached k={k}", seed, cfg, lambda c: (run_pipeline(c, only=["train_student"]), c.out_dir / "student.safetensors")[1])
+        for label, (k, store_sets, extra, tag) in cached.items():
+            cfg = config(*s, *extra, f"out={root / f'kd-k{k}{tag}-s{seed}'}", f"cache.path={cache[k, tuple(store_sets)]}")
+            record(label, seed, cfg, lambda c: (run_pipeline(c, only=["train_student"]), c.out_dir / "student.safetensors")[1])
         cfg = config(*s, f"out={root / f'online-s{seed}'}")
         record("online", seed, cfg, lambda c: train_online(c, teacher_ckpt))
     return result
@@ -107,8 +117,7 @@ def report(result: dict, log=print) -> dict:
         accs = [100 * a for a in by_seed.values()]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         stats[variant] = (statistics.mean(accs), sd, accs)
-        secs = statistics.median(result["seconds"][variant])
-        log(f"{variant:>12}: {stats[variant][0]:6.2f} ± {sd:.2f}  (seeds: {', '.join(f'{a:.2f}' for a in accs)}; median {secs:.0f} s/run)")
+        log(f"{variant:>23}: {stats[variant][0]:6.2f} ± {sd:.2f}  (seeds: {', '.join(f'{a:.2f}' for a in accs)})")
     if "cached k=3" in stats and "online" in stats:
         gap = stats["cached k=3"][0] - stats["online"][0]
         log(f"cached k=3 - online = {gap:+.2f} points: {'MET' if abs(gap) <= 0.3 else 'MISSED'} (goal within 0.3)")
@@ -121,13 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = bench_args(__doc__)
     ap.add_argument("--quick", action="store_true", help="1000 teacher / 1000 student steps (smoke check)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--extra", action="store_true", help="also: k = 3, 10 in one shuffle window; k = 10 stored as float32")
     ap.add_argument("--root", type=Path, default=None, help="run folders (default bench/out/quality[-quick])")
     a = ap.parse_args(argv)
     apply_threads(a)
     root = a.root or Path("bench/out") / ("quality-quick" if a.quick else "quality")
     sets = (QUICK if a.quick else []) + a.sets
     print(f"quality: root {root}, seeds {a.seeds}, overrides {sets or 'none'}")
-    report(run(root, a.seeds, sets=sets))
+    report(run(root, a.seeds, {**CACHED, **EXTRA} if a.extra else CACHED, sets=sets))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Student step benchmark: training rows/s of the same student three ways, alternated in one run.
 
     .venv/bin/python -m bench.student_step                  # pipeline.yaml's student, batch 100, 5 rounds
-    .venv/bin/python -m bench.student_step --steps 2000 --rounds 7
+    .venv/bin/python -m bench.student_step --steps 200 --set "student.kwargs.hidden=[1024, 1024]"   # wide student
 
 - cached KD: the student stage's path — BlockStream over a real store (made by the cache_teacher stage) ->
   kd_batches -> kd_step (top-k + tail KL from the store, CE on labelled rows), in `fit`;
@@ -29,6 +29,7 @@ from kd_pipeline.stream import BlockStream
 from kd_pipeline.training import fit, random_batches
 
 GOAL = 0.95
+WIDE = ["student.kwargs.hidden=[1024, 1024]"]  # ~100x the default student's FLOPs: where the student dominates
 
 
 def run(out: Path, steps: int, rounds: int, sets: list[str] = (), log=print) -> dict:

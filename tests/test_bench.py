@@ -43,7 +43,7 @@ def test_speed_benchmarks_smallest(tmp_path):
 
 def test_quality_benchmark_smallest(tmp_path):
     sets = [*TINY, "teacher_train.steps=5", "student_train.steps=5"]
-    res = quality.run(tmp_path, seeds=[0], ks=(3,), sets=sets, log=lambda s: None)
+    res = quality.run(tmp_path, seeds=[0], cached={"cached k=3": (3, [], [], "")}, sets=sets, log=lambda s: None)
     assert set(res["runs"]) == {"baseline", "cached k=3", "online"}
     assert all(0.0 <= acc <= 1.0 for by_seed in res["runs"].values() for acc in by_seed.values())
     lines = []
