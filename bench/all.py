@@ -1,6 +1,6 @@
 """All four benchmarks in turn (`make bench`); figures and commands are recorded in docs/benchmarks.md.
 
-    .venv/bin/python -m bench.all            # full: speed benchmarks (~10 min) + quality over 3 seeds (~30 min)
+    .venv/bin/python -m bench.all            # full: speed benchmarks (~5 min here) + quality over 3 seeds (~15-25 min)
     .venv/bin/python -m bench.all --quick    # same speed benchmarks; quality with 1000-step runs, 1 seed
 
 One at a time, never in parallel: each speed figure is a ratio of two measurements alternated in one process.
