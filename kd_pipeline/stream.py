@@ -70,12 +70,13 @@ class BlockStream:
                 if carry is not None:
                     item = {k: np.concatenate([carry[k], item[k]]) for k in item}
                 perm = self.row_rng.permutation(len(item["row"]))
+                # One shuffled copy per window, then batches are views (same rows, same order as gathering
+                # perm[i:i+B] per batch, but one vectorised gather per array instead of one per batch).
+                item = {k: v[perm] for k, v in item.items()}
                 n_full = len(perm) // self.batch_size * self.batch_size
                 for i in range(0, n_full, self.batch_size):
-                    sel = perm[i : i + self.batch_size]
-                    yield {k: v[sel] for k, v in item.items()}
-                rest = perm[n_full:]
-                carry = {k: v[rest] for k, v in item.items()} if len(rest) else None
+                    yield {k: v[i : i + self.batch_size] for k, v in item.items()}
+                carry = {k: v[n_full:] for k, v in item.items()} if n_full < len(perm) else None
         finally:
             stop.set()
             while not q.empty():
