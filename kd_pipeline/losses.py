@@ -44,6 +44,24 @@ def sparse_kl(student_logits: torch.Tensor, t: Targets, tau: float) -> torch.Ten
     return kl
 
 
+def sampled_kl(student_logits: torch.Tensor, t: Targets, tau: float) -> torch.Tensor:
+    """Random-sampling KD (Anshumann et al., ACL 2025): per-row unbiased estimate of KL(p_T || p_S) at tau, [B].
+
+    The m ids of a row were drawn from p_s = softmax(z / tau_s), tau_s = temperatures[0]; c_i counts them.
+    The paper's sparse target p_hat_i = (c_i / m) * w_i, w_i = p_tau(i) / p_s(i) (w = 1 when tau = tau_s),
+    has E[p_hat_i] = p_tau(i) for every id, so
+        sum_i p_hat_i (log p_tau(i) - log q_tau(i))
+    is unbiased for the KL (its student-dependent part is the paper's CE(p_hat, q); the log p_tau term is a
+    constant that makes the value a KL). Weights are exact (not self-normalised): the store holds lse."""
+    ti = temperature_index(t.temperatures, tau)
+    log_p = t.values.float() / tau - t.lse[:, ti : ti + 1]  # [B, k] log p_tau of the drawn ids
+    log_ps = t.values.float() / t.temperatures[0] - t.lse[:, :1]  # [B, k] log p_s (the sampling law)
+    m = t.counts.sum(dim=1, keepdim=True).float()
+    p_hat = t.counts.float() / m * (log_p - log_ps).exp()
+    log_q = torch.log_softmax(student_logits.float() / tau, dim=1).gather(1, t.indices)
+    return (p_hat * (log_p - log_q)).sum(dim=1)
+
+
 def dense_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """The seed formula's KL(softmax(t/tau) || softmax(s/tau)) per row, [B]."""
     log_p = F.log_softmax(teacher_logits.float() / tau, dim=1)
@@ -60,6 +78,6 @@ def kd_loss(
         ce = F.cross_entropy(student_logits[labelled], labels[labelled])
     else:
         ce = student_logits.sum() * 0.0
-    kl = sparse_kl(student_logits, t, tau).mean()
+    kl = (sparse_kl if t.counts is None else sampled_kl)(student_logits, t, tau).mean()
     loss = alpha * ce + (1.0 - alpha) * tau * tau * kl
     return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}

@@ -18,6 +18,7 @@ import zarr
 
 from ..errors import StoreError
 from .format import ATTR, SAMPLES, Manifest, parse_manifest
+from .values import decode_values
 
 _SAMPLE_COLUMNS = {
     "sample_id": pa.int64(),
@@ -61,7 +62,7 @@ class CacheStore:
         bad = np.flatnonzero(((idx < 0) | (idx >= m.num_classes)).any(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: class id outside [0, {m.num_classes})")
-        vals = block["topk_logits"].astype(np.float32)
+        vals = decode_values(block, m.values_scheme)
         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_logits row {start + bad[0]}: non-finite logit")
@@ -72,6 +73,14 @@ class CacheStore:
         bad = np.flatnonzero(~(np.isfinite(lse) & (lse >= top - tol)).all(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: lse row {start + bad[0]}: below max(logit)/tau or not finite")
+        if "tokens" in block:
+            bad = np.flatnonzero((block["tokens"] < 0) | (block["tokens"] >= m.num_classes))
+            if bad.size:
+                raise StoreError(f"{self.path}: tokens row {start + bad[0]}: token id outside [0, {m.num_classes})")
+        if "sample_counts" in block:
+            bad = np.flatnonzero(block["sample_counts"].astype(np.int64).sum(axis=1) != m.sample_draws)
+            if bad.size:
+                raise StoreError(f"{self.path}: sample_counts row {start + bad[0]}: counts do not sum to sample_draws={m.sample_draws}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -1,0 +1,37 @@
+"""How much of the teacher's distribution a store row keeps: KL(p_teacher || p_reconstructed), per row.
+
+Two reconstructions from a row's stored ids, decoded values v (relative to the top logit) and lse at tau:
+  stored ids get q_i = exp(v_i / tau - lse); the tail mass q_tail = 1 - sum_i q_i is either
+  - one bucket (compression KL: the loss of the format itself, what the top-k + tail loss sees), or
+  - spread evenly over the V - k' ids not stored (full KL: what a consumer of only the ids would see).
+Rows may repeat ids as padding (sampled targets): `valid` marks the real ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, tau: float,
+                      valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V) full teacher logits; values (N, k) decoded; ids (N, k); lse (N,) at tau.
+    -> (compression KL (N,), full KL (N,)) in nats."""
+    N, V = logits.shape
+    valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+    log_p = torch.log_softmax(logits.float() / tau, dim=1)  # (N, V)
+    p = log_p.exp()
+    log_q = values.float() / tau - lse[:, None]  # (N, k)
+    p_k = p.gather(1, ids) * valid
+    log_p_k = log_p.gather(1, ids)
+    q_k = log_q.exp() * valid
+    tiny = torch.finfo(torch.float32).tiny
+    p_tail = (1.0 - p_k.sum(1)).clamp(min=0.0)
+    q_tail = (1.0 - q_k.sum(1)).clamp(min=tiny)
+    stored = (p_k * (log_p_k - log_q)).sum(1)
+    compression = stored + torch.xlogy(p_tail, p_tail) - p_tail * q_tail.log()
+    k_used = valid.sum(1)
+    spread = (q_tail / (V - k_used).clamp(min=1)).log()  # (N,) log-prob given to each id not stored
+    in_row = torch.zeros_like(p, dtype=torch.bool).scatter_(1, ids, valid)
+    rest = torch.where(in_row, torch.zeros_like(p), p * (log_p - spread[:, None])).sum(1)
+    return compression, stored + rest
