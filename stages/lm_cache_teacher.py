@@ -12,6 +12,7 @@ from kd_pipeline.lm.evaluate import state_sha256
 from kd_pipeline.lm.manifest import sequence_manifest, sequence_samples_table
 from kd_pipeline.lm.tokenizer import load_split, windows
 from kd_pipeline.store import CacheWriter
+from kd_pipeline.store.format import ReconstructionKL
 
 NAME = "lm_cache_teacher"
 PARAMS = ("seed", "data", "teacher", "cache", "sequence")
@@ -40,5 +41,6 @@ def run(cfg: PipelineConfig, shard: int = 0, num_shards: int = 1) -> None:
     vids, voff = load_split(cfg.out_dir / "tokens", cfg.sequence.val_split, V)
     vs, vl = windows(voff, ctx)
     recon = measure_reconstruction(teacher, writer.manifest, vids, vs, vl, cfg.sequence.recon_tokens, bs, device, dtype, cfg.seed)
-    writer.manifest = writer.manifest.model_copy(update={"reconstruction_kl": recon})
+    if recon is not None:
+        writer.manifest = writer.manifest.model_copy(update={"reconstruction_kl": ReconstructionKL(**recon)})
     writer.finalize(sequence_samples_table(cfg.data.train_split, lengths))
