@@ -8,14 +8,13 @@ samples of a window are shuffled and cut into batches of `batch_size` samples; l
 
 from __future__ import annotations
 
-import threading
-from queue import Queue
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from ..store import CacheStore
+from ..stream import BlockStream, background
 from ..targets import Targets
 from .batches import pad_samples
 from .cachepass import rows_from_arrays
@@ -23,10 +22,11 @@ from .cachepass import rows_from_arrays
 Window = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]  # arrays (n, ...), sample starts, lengths
 
 
-class SampleStream:
+class SampleStream(BlockStream):
+    """BlockStream's block order and windows; batches of whole samples instead of rows."""
+
     def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, check: bool = True):
-        self.store, self.batch_size, self.window, self.check = store, batch_size, window, check
-        self.rng = np.random.default_rng(seed)
+        super().__init__(store, batch_size, window, seed, check)
         t = store.samples
         order = np.argsort(t["row"].to_numpy(), kind="stable")
         self.row0 = t["row"].to_numpy()[order]
@@ -57,16 +57,10 @@ class SampleStream:
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
         return arrays, np.concatenate(starts or [np.zeros(0, np.int64)]), np.concatenate(lengths or [np.zeros(0, np.int64)])
 
-    def _windows(self) -> Iterator[list[int]]:
-        while True:
-            order = self.rng.permutation(self.store.num_blocks).tolist()
-            for i in range(0, len(order), self.window):
-                yield order[i : i + self.window]
-
     def _batch(self, w: Window, sel: np.ndarray) -> dict:
         arrays, starts, lengths = w
         batch = pad_samples(arrays["tokens"], starts[sel], lengths[sel])
-        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[sel].tolist(), lengths[sel].tolist())])
+        rows = _rows(starts[sel], lengths[sel])
         t = rows_from_arrays({k: v[rows] for k, v in arrays.items() if k != "tokens"}, self.store.manifest)
         m = self.store.manifest
         batch["targets"] = Targets(t["values"], t["ids"], t["lse"], tuple(m.temperatures), m.num_classes, counts=t.get("counts"))
@@ -76,43 +70,27 @@ class SampleStream:
         """Infinite: dicts with x, y, mask (B, T) and targets (Targets over the mask's rows, in row order)."""
         if self.store.manifest.num_rows == 0:
             return
-        q: Queue = Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for blocks in self._windows():
-                    if stop.is_set():
-                        return
-                    q.put(self._read(blocks))
-            except BaseException as e:  # surfaced in the consumer
-                q.put(e)
-
-        threading.Thread(target=produce, daemon=True).start()
         carry: Window | None = None
-        try:
-            while True:
-                w = q.get()
-                if isinstance(w, BaseException):
-                    raise w
-                if not len(w[1]):
-                    continue
-                if carry is not None:
-                    w = _merge(carry, w)
-                perm = self.rng.permutation(len(w[1]))
-                full = len(perm) // self.batch_size * self.batch_size
-                for i in range(0, full, self.batch_size):
-                    yield self._batch(w, perm[i : i + self.batch_size])
-                carry = _subset(w, perm[full:]) if full < len(perm) else None
-        finally:
-            stop.set()
-            while not q.empty():
-                q.get_nowait()
+        for w in background(self._read(blocks) for blocks in self._windows()):
+            if not len(w[1]):
+                continue
+            if carry is not None:
+                w = _merge(carry, w)
+            perm = self.rng.permutation(len(w[1]))
+            full = len(perm) // self.batch_size * self.batch_size
+            for i in range(0, full, self.batch_size):
+                yield self._batch(w, perm[i : i + self.batch_size])
+            carry = _subset(w, perm[full:]) if full < len(perm) else None
+
+
+def _rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The row numbers of samples (start, length), in order."""
+    return np.concatenate([np.arange(a, a + n) for a, n in zip(starts.tolist(), lengths.tolist())])
 
 
 def _subset(w: Window, sel: np.ndarray) -> Window:
     arrays, starts, lengths = w
-    rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[sel].tolist(), lengths[sel].tolist())])
+    rows = _rows(starts[sel], lengths[sel])
     new_starts = np.concatenate([[0], np.cumsum(lengths[sel])[:-1]]).astype(np.int64)
     return {k: v[rows] for k, v in arrays.items()}, new_starts, lengths[sel]
 
@@ -132,6 +110,3 @@ def lm_kd_step(student, alpha: float, tau: float):
 
     return step
 
-
-def tokens_in(batch: dict) -> int:
-    return int(torch.as_tensor(batch["mask"]).sum())
