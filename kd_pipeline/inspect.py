@@ -49,9 +49,10 @@ def render(info: dict) -> None:
         f"rows {m['num_rows']:,}  classes {m['num_classes']}  top_k {m['top_k']}  temperatures {m['temperatures']}  "
         f"chunk_rows {m['chunk_rows']}"
     )
+    unit = "token" if m["kind"] == "sequence" else "row"
     c.print(
-        f"targets {info['target_bytes_per_row']} B/row (full fp32 logits {info['full_fp32_bytes_per_row']} B/row, "
-        f"ratio {info['ratio_to_full_fp32']:.3f})"
+        f"targets {info['target_bytes_per_row']} B/{unit} (full fp32 logits {info['full_fp32_bytes_per_row']} B/{unit}, "
+        f"ratio {info['ratio_to_full_fp32']:.4f})"
     )
     if m.get("reconstruction_kl"):
         r = m["reconstruction_kl"]

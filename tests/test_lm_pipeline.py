@@ -124,3 +124,13 @@ def test_hf_tiny_gpt2_as_teacher_and_student(lm_run, tmp_path):
     assert run_pipeline(pc, only=["lm_train_teacher", "lm_cache_teacher", "lm_train_student"]) == [
         "lm_train_teacher", "lm_cache_teacher", "lm_train_student"]
     assert open_store(pc.cache_path).manifest.num_classes == 320 and (run / "student.safetensors").is_file()
+
+
+@pytest.mark.parametrize("key,value", [("cache.targets", "sampled"), ("cache.values_dtype", "uint8")])
+def test_sequence_only_options_refused_for_classification(tmp_path, key, value):
+    from kd_pipeline.errors import ConfigError
+    from tests.conftest import tiny_config
+
+    p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=f"{key}: sequence pipelines only"):
+        load_config(p, [f"{key}={value}"])

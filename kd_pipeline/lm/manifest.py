@@ -68,3 +68,9 @@ def sequence_samples_table(split: str, lengths: np.ndarray) -> pa.Table:
             "label": pa.nulls(n, pa.int64()),
         }
     )
+
+
+def target_bytes_per_token(m: Manifest) -> int:
+    """Bytes of the stored targets per row (= per token): every declared array but the input tokens."""
+    return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+               for name, (shape, dtype) in m.array_specs().items() if name != "tokens" and not name.startswith("features/"))
