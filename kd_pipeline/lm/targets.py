@@ -13,9 +13,9 @@ import torch
 def relative_logits(logits: torch.Tensor, temperatures: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (N, V) -> rel (N, V) float32, lse (N, T) float32."""
     z = logits.float()
-    rel = z - z.max(dim=1, keepdim=True).values
-    taus = torch.tensor(temperatures, dtype=torch.float32, device=z.device)
-    lse = torch.stack([torch.logsumexp(rel / t, dim=1) for t in taus.tolist()], dim=1)
+    rel = z - z.amax(dim=1, keepdim=True)
+    # rel <= 0 with a 0 in every row, so sum(exp) is in [1, V]: no max-shift needed (2 fewer passes over V)
+    lse = torch.stack([(rel if t == 1.0 else rel / t).exp().sum(dim=1).log() for t in temperatures], dim=1)
     return rel, lse
 
 
