@@ -17,7 +17,7 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after a command).")) -> None:
     _state["debug"] = debug
 
 
@@ -28,7 +28,7 @@ def _errors():
     except KDError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)  # one line, even for odd input
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
@@ -46,8 +46,10 @@ def run(
     stage: Optional[List[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Run stages even if up to date."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (YAML)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     """Run the pipeline; stages whose params and inputs are unchanged are skipped."""
+    _state["debug"] |= debug
     with _errors():
         from .config import load_config
         from .runner import run_pipeline
@@ -60,8 +62,10 @@ def run(
 def inspect(
     store: Path = typer.Argument(..., help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and sizes as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     """Describe a store: manifest, rows per split, bytes per row, completeness."""
+    _state["debug"] |= debug
     with _errors():
         from .inspect import describe, render
 
@@ -70,6 +74,34 @@ def inspect(
             typer.echo(json.dumps(info, indent=2))
         else:
             render(info)
+
+
+@app.command()
+def verify(
+    store: Path = typer.Argument(..., help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Read every block, recompute its checksum, check manifest vs arrays vs samples.parquet. Exit 2 on problems."""
+    _state["debug"] |= debug
+    with _errors():
+        from .store.verify import as_json as report_json
+        from .store.verify import verify_store
+
+        r = verify_store(store)
+        if as_json:
+            typer.echo(report_json(r))
+        else:
+            for line in r.notes:
+                typer.echo(f"note: {line}", err=True)
+            for line in r.problems:
+                typer.echo(f"problem: {line}")
+            if not r.problems:
+                typer.echo(f"{store}: OK")
+                for line in r.checked:
+                    typer.echo(f"  checked {line}")
+        if r.problems:
+            raise typer.Exit(2)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ class TrainConfig(Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(100, ge=1)  # steps between loss-curve points in <out>/logs/<stage>.jsonl
+    checkpoint_every: int = Field(500, ge=0)  # steps between resumable checkpoints in <out>/.kd/ckpt/ (0 = none)
 
 
 class CacheConfig(Strict):

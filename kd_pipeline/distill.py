@@ -3,6 +3,7 @@ the KD training step. Nothing here touches the teacher: targets come from the st
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import file_sha256
 from .config import DistillConfig
 from .data import fingerprint
 from .errors import StoreError
@@ -20,17 +22,34 @@ from .targets import Targets
 from .training import Batch
 
 
-def check_store_for(store: CacheStore, splits: dict, num_classes: int, tau: float) -> None:
-    """Refuse a store made for other data, another class count, or without lse for tau."""
+def check_store_for(store: CacheStore, splits: dict, num_classes: int, tau: float, teacher=None) -> None:
+    """Refuse a store made for other data, another class count, another teacher, or without lse for tau.
+
+    teacher: optional (component config, checkpoint path) of this run's teacher. Compared only when the
+    checkpoint exists: a store received from elsewhere, with no teacher in the run folder, is taken as is."""
     m = store.manifest
+    again = "run `kd run --stage cache_teacher` to rebuild it"
     if m.num_classes != num_classes:
-        raise StoreError(f"{store.path}: store has num_classes={m.num_classes}, data.num_classes is {num_classes}; re-run cache_teacher")
+        raise StoreError(f"{store.path}: store has num_classes={m.num_classes}, data.num_classes is {num_classes}; re-run cache_teacher ({again})")
     fp = fingerprint(splits)
     if fp != m.dataset.fingerprint:
         raise StoreError(
             f"{store.path}: store was made for other data (dataset fingerprint {m.dataset.fingerprint[:19]}…, "
-            f"this dataset {fp[:19]}…); re-run cache_teacher for this dataset"
+            f"this dataset {fp[:19]}…); re-run cache_teacher for this dataset ({again})"
         )
+    if teacher is not None and Path(teacher[1]).is_file():
+        comp, ckpt = teacher
+        if (m.teacher.factory, m.teacher.kwargs) != (comp.factory, dict(comp.kwargs)):
+            raise StoreError(
+                f"{store.path}: store was made by teacher {m.teacher.factory} {m.teacher.kwargs}, the config's teacher is "
+                f"{comp.factory} {dict(comp.kwargs)}; {again}"
+            )
+        sha = file_sha256(Path(ckpt))
+        if sha != m.teacher.checkpoint_sha256:
+            raise StoreError(
+                f"{store.path}: store was made by another teacher checkpoint (sha256 {m.teacher.checkpoint_sha256[:12]}…, "
+                f"{ckpt} is {sha[:12]}…); {again}"
+            )
     temperature_index(tuple(m.temperatures), tau)
 
 

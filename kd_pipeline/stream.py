@@ -24,7 +24,9 @@ class BlockStream:
         self.store = store
         self.batch_size = batch_size
         self.window = window
-        self.rng = np.random.default_rng(seed)
+        # Two generators: the reader thread draws block orders, the consumer row orders. One shared generator
+        # would make the batch sequence depend on thread timing; two keep it a function of the seed (resume).
+        self.block_rng, self.row_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         self.check = check
 
     def _read_window(self, blocks: list[int]) -> dict[str, np.ndarray]:
@@ -40,7 +42,7 @@ class BlockStream:
 
     def _windows(self) -> Iterator[list[int]]:
         while True:
-            order = self.rng.permutation(self.store.num_blocks).tolist()
+            order = self.block_rng.permutation(self.store.num_blocks).tolist()
             for i in range(0, len(order), self.window):
                 yield order[i : i + self.window]
 
@@ -52,13 +54,14 @@ class BlockStream:
         for item in background(self._read_window(blocks) for blocks in self._windows()):
             if carry is not None:
                 item = {k: np.concatenate([carry[k], item[k]]) for k in item}
-            perm = self.rng.permutation(len(item["row"]))
+            perm = self.row_rng.permutation(len(item["row"]))
+            # One shuffled copy per window, then batches are views (same rows, same order as gathering
+            # perm[i:i+B] per batch, but one vectorised gather per array instead of one per batch).
+            item = {k: v[perm] for k, v in item.items()}
             n_full = len(perm) // self.batch_size * self.batch_size
             for i in range(0, n_full, self.batch_size):
-                sel = perm[i : i + self.batch_size]
-                yield {k: v[sel] for k, v in item.items()}
-            rest = perm[n_full:]
-            carry = {k: v[rest] for k, v in item.items()} if len(rest) else None
+                yield {k: v[i : i + self.batch_size] for k, v in item.items()}
+            carry = {k: v[n_full:] for k, v in item.items()} if n_full < len(perm) else None
 
 
 def background(produce: Iterator[T]) -> Iterator[T]:

@@ -36,7 +36,9 @@ def run(cfg: PipelineConfig, shard: int = 0, num_shards: int = 1) -> None:
     teacher = teacher.to(device=device, dtype=dtype).eval()
     shapes = probe_features(teacher, inputs, cfg.cache.features, device, dtype)
     manifest = build_manifest(cfg, splits, file_sha256(ckpt), shapes)
-    writer = CacheWriter.open(cfg.cache_path, manifest)
-    run_teacher_pass(teacher, inputs, writer, cfg.cache.features, cfg.cache.batch_size, device, dtype, shard, num_shards)
-    if shard == 0:
-        writer.finalize(samples_table({n: len(x) for n, (x, _) in splits.items()}, {n: y.numpy() for n, (_, y) in splits.items()}))
+    with CacheWriter.open(cfg.cache_path, manifest, shard=shard, num_shards=num_shards) as writer:
+        for old in writer.lock.taken_over:
+            print(f"cache_teacher: took over the stale lock of pid {old.get('pid')} on {old.get('host')} (started {old.get('started_at')})")
+        run_teacher_pass(teacher, inputs, writer, cfg.cache.features, cfg.cache.batch_size, device, dtype, shard, num_shards)
+        if shard == 0:
+            writer.finalize(samples_table({n: len(x) for n, (x, _) in splits.items()}, {n: y.numpy() for n, (_, y) in splits.items()}))

@@ -1,11 +1,7 @@
 """Stage 4: the same student on hard labels only (labelled split) -> <out>/baseline.safetensors."""
 
-from kd_pipeline.checkpoint import save_model
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.data import load_splits
-from kd_pipeline.distill import ce_step
-from kd_pipeline.models import build_model
-from kd_pipeline.training import fit, random_batches, seed_everything
+from kd_pipeline.hardlabel import train_hard_labels
 
 NAME = "train_baseline"
 PARAMS = ("seed", "data", "student", "student_train")
@@ -20,9 +16,4 @@ def outs(cfg: PipelineConfig):
 
 
 def run(cfg: PipelineConfig) -> None:
-    seed_everything(cfg.seed)
-    x, y = load_splits(cfg.data, [cfg.data.train_split])[cfg.data.train_split]
-    model = build_model(cfg.student, cfg.data.num_classes).train()
-    batches = random_batches(x, y, cfg.student_train.batch_size, cfg.seed)
-    fit(model.parameters(), batches, ce_step(model), cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl")
-    save_model(model, outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs})
+    train_hard_labels(cfg, cfg.student, cfg.student_train, NAME, outs(cfg)[0])

@@ -65,3 +65,15 @@ def tiny_run(tmp_path_factory) -> Path:
     p = write_config(d / "pipeline.yaml", tiny_config(d / "run"))
     run_pipeline(load_config(p))
     return p
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    """A fork server that starts `kd` processes for crash tests in a second (tests/zygote.py)."""
+    from tests.killing import kill_leftovers, start_zygote
+
+    proc = start_zygote()
+    yield proc
+    kill_leftovers()
+    proc.stdin.close()
+    proc.wait(timeout=60)

@@ -30,6 +30,8 @@ def test_debug_shows_the_exception(tmp_path):
     p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run"))
     r = runner.invoke(app, ["--debug", "run", str(p), "--set", "cache.top_k=0"])
     assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
+    r = runner.invoke(app, ["run", str(p), "--set", "cache.top_k=0", "--debug"])
+    assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
 
 
 def test_unknown_stage(tmp_path):
@@ -52,3 +54,14 @@ def test_inspect_json_and_text(tiny_run):
 def test_inspect_not_a_store(tmp_path):
     r = runner.invoke(app, ["inspect", str(tmp_path)])
     assert r.exit_code == 2 and "no store here" in r.output
+
+
+def test_real_process_exit_codes_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "kd_pipeline.cli", "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path}: no store here (no zarr.json); run the cache_teacher stage first"]
+    r = subprocess.run([sys.executable, "-m", "kd_pipeline.cli", "--debug", "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr

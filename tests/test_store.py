@@ -48,15 +48,15 @@ def blocks_for(m: Manifest, logits: torch.Tensor, feats=None):
 
 
 def write_store(path, m, logits, feats=None, only=None):
-    w = CacheWriter.open(path, m)
     blocks = blocks_for(m, logits, feats)
-    for b in w.pending_blocks():
-        if only is None or b in only:
-            w.write_block(b, blocks[b])
-    if only is None:
-        sizes = m.dataset.split_sizes
-        labels = {"train": np.arange(sizes["train"]) % m.num_classes, "transfer": np.full(sizes["transfer"], -1)}
-        w.finalize(samples_table(sizes, labels))
+    with CacheWriter.open(path, m) as w:
+        for b in w.pending_blocks():
+            if only is None or b in only:
+                w.write_block(b, blocks[b])
+        if only is None:
+            sizes = m.dataset.split_sizes
+            labels = {"train": np.arange(sizes["train"]) % m.num_classes, "transfer": np.full(sizes["transfer"], -1)}
+            w.finalize(samples_table(sizes, labels))
     return blocks
 
 
@@ -127,6 +127,7 @@ def test_half_written_store_is_refused_then_resumed(tmp_path):
     assert w.pending_blocks() == [1, 3]
     assert w.pending_blocks(shard=1, num_shards=2) == [1, 3]
     assert w.pending_blocks(shard=0, num_shards=2) == []
+    w.close()
     full = tmp_path / "full"
     expect = write_store(full, m, logits)
     write_store(tmp_path / "s", m, logits)  # finishes the rest

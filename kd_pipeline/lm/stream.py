@@ -76,7 +76,7 @@ class SampleStream(BlockStream):
                 continue
             if carry is not None:
                 w = _merge(carry, w)
-            perm = self.rng.permutation(len(w[1]))
+            perm = self.row_rng.permutation(len(w[1]))
             full = len(perm) // self.batch_size * self.batch_size
             for i in range(0, full, self.batch_size):
                 yield self._batch(w, perm[i : i + self.batch_size])

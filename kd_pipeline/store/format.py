@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import StoreError
@@ -33,6 +34,8 @@ MARKERS = "_markers"
 CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
 MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
 MAX_CLASSES = 2**24
+MAX_ROW_BYTES = 2**26  # 64 MiB of targets + features per row
+MAX_CHUNK_BYTES = 2**31  # one block of one array is read whole: 2 GiB at most
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -43,7 +46,7 @@ def indices_dtype(num_classes: int) -> str:
 def check_name(name: str, what: str) -> str:
     """Names from a manifest become paths: no separators, no '..', identifiers only."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise StoreError(f"{what}: invalid name {name!r} (letters, digits and _ only)")
+        raise StoreError(f"{what}: invalid name {_short(name)} (letters, digits and _ only)")
     return name
 
 
@@ -68,7 +71,7 @@ class DatasetInfo(_Open):
 
 
 class FeatureInfo(_Open):
-    shape: list[int]  # per-row shape
+    shape: list[int] = Field(max_length=8)  # per-row shape
     dtype: Literal["float16", "float32"]
     module: str
 
@@ -88,7 +91,7 @@ class Manifest(_Open):
     kind: Literal["classification", "sequence"]
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     top_k: int = Field(ge=1)
-    temperatures: list[float] = Field(min_length=1)
+    temperatures: list[float] = Field(min_length=1, max_length=64)
     values_dtype: Literal["float16", "float32", "uint8"]
     indices_dtype: Literal["int16", "int32"]
     # raw: teacher logits as they are. relative: logit - the row's top logit (<= 0), lse likewise shifted.
@@ -137,14 +140,20 @@ class Manifest(_Open):
         return specs
 
 
+def _short(v) -> str:
+    """An untrusted value in an error message: repr (no raw newlines), at most 60 characters."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def parse_manifest(raw, where: str) -> Manifest:
     if not isinstance(raw, dict):
         raise StoreError(f"{where}: no '{ATTR}' manifest in the root attributes (not a kd-cache store)")
     if raw.get("format") != FORMAT:
-        raise StoreError(f"{where}: manifest format is {raw.get('format')!r}, expected {FORMAT!r}")
+        raise StoreError(f"{where}: manifest format is {_short(raw.get('format'))}, expected {FORMAT!r}")
     v = raw.get("version")
     if not isinstance(v, int) or isinstance(v, bool) or v > VERSION or v < 1:
-        raise StoreError(f"{where}: store format version {v!r} is not supported (this tool reads version {VERSION})")
+        raise StoreError(f"{where}: store format version {_short(v)} is not supported (this tool reads version {VERSION})")
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:
@@ -166,4 +175,26 @@ def parse_manifest(raw, where: str) -> Manifest:
     for s in m.dataset.splits:
         if s not in m.dataset.split_sizes:
             raise StoreError(f"{where}: manifest.dataset.split_sizes: no size for split {s!r}")
+    _check_sizes(m, where)
     return m
+
+
+def _check_sizes(m: Manifest, where: str) -> None:
+    """Counts and shapes a hostile manifest could inflate, refused before anything is allocated."""
+    for name, f in m.features.items():
+        if any(not 1 <= d <= 2**24 for d in f.shape):
+            raise StoreError(f"{where}: manifest.features.{name}.shape: {f.shape}: each dimension must be in 1..2**24")
+    d = m.dataset
+    if len(set(d.splits)) != len(d.splits) or set(d.splits) != set(d.split_sizes):
+        raise StoreError(f"{where}: manifest.dataset.splits: {d.splits} must be distinct and match split_sizes {list(d.split_sizes)}")
+    total = sum(d.split_sizes.values())  # samples: one row each (classification), >= 1 row each (sequence)
+    if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or (total != m.num_rows if m.kind == "classification" else total > m.num_rows):
+        raise StoreError(f"{where}: manifest.dataset.split_sizes: {d.split_sizes} must add up to num_rows={m.num_rows}")
+    row_bytes = 0
+    for name, (shape, dtype) in m.array_specs().items():
+        per_row = int(np.prod(shape[1:], dtype=np.float64)) * np.dtype(dtype).itemsize
+        row_bytes += per_row
+        if per_row * m.chunk_rows > MAX_CHUNK_BYTES:
+            raise StoreError(f"{where}: manifest: array {name} would need {per_row * m.chunk_rows:,} bytes per block (limit {MAX_CHUNK_BYTES:,})")
+    if row_bytes > MAX_ROW_BYTES:
+        raise StoreError(f"{where}: manifest: {row_bytes:,} bytes per row (limit {MAX_ROW_BYTES:,})")

@@ -1,12 +1,15 @@
 """Opening a store for reading: validate cheaply first, then read whole blocks.
 
-`open_store` checks the manifest (schema, version, `complete`), every declared array (present, dtype,
-shape, chunking) and `samples.parquet` (columns, types, row coverage) before any target is used. Each block
-read by training can also be checked (`check_block`): ids in range, finite logits, lse >= max(logit)/tau.
+`open_store` checks the manifest (schema, version, `complete`, sizes), every declared array (present, dtype,
+shape, chunking), the completion markers and `samples.parquet` (its checksum, columns, types, row coverage,
+labels) before any target is used. Each block read by training can also be checked (`check_block`): its
+bytes against the marker's sha256, ids in range and distinct, finite logits sorted descending,
+lse >= max(logit)/tau. Anything wrong is a StoreError naming the array and block or row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +21,10 @@ import zarr
 
 from ..errors import StoreError
 from .format import ATTR, SAMPLES, Manifest, parse_manifest
+from .markers import mismatched, read_all_markers, samples_sha256
 from .values import decode_values
+
+MAX_ZARR_JSON = 16 << 20  # bytes; a manifest is a few KB
 
 _SAMPLE_COLUMNS = {
     "sample_id": pa.int64(),
@@ -30,8 +36,9 @@ _SAMPLE_COLUMNS = {
 
 
 class CacheStore:
-    def __init__(self, path: Path, manifest: Manifest, arrays: dict[str, zarr.Array], samples: pa.Table):
+    def __init__(self, path: Path, manifest: Manifest, arrays: dict[str, zarr.Array], samples: pa.Table, markers=None):
         self.path = path
+        self.markers = markers  # block -> array -> sha256 (complete stores), checked by check_block
         self.manifest = manifest
         self.arrays = arrays  # "topk_logits", "topk_indices", "lse", "features/<name>"
         self.samples = samples
@@ -49,23 +56,36 @@ class CacheStore:
         """All arrays' rows of block b; one chunk read per array, issued concurrently (~0.6 ms each)."""
         start, stop = self.block_rows(b)
         futs = {name: self._pool.submit(a.__getitem__, slice(start, stop)) for name, a in self.arrays.items()}
-        try:
-            return {name: f.result() for name, f in futs.items()}
-        except Exception as e:
-            raise StoreError(f"{self.path}: block {b} (rows {start}..{stop}): cannot read ({type(e).__name__}: {e})") from e
+        out = {}
+        for name, f in futs.items():
+            try:
+                out[name] = f.result()
+            except Exception as e:
+                msg = str(e).splitlines()[0] if str(e) else ""
+                raise StoreError(f"{self.path}: array {name} block {b} (rows {start}..{stop}): cannot read, truncated or corrupt chunk ({type(e).__name__}: {msg})") from e
+        return out
 
     def check_block(self, b: int, block: dict[str, np.ndarray]) -> None:
         """Cheap per-block checks before training on it; raises StoreError naming array and row."""
-        start, _ = self.block_rows(b)
+        start, stop = self.block_rows(b)
         m = self.manifest
         idx = block["topk_indices"]
         bad = np.flatnonzero(((idx < 0) | (idx >= m.num_classes)).any(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: class id outside [0, {m.num_classes})")
+        # sampled stores pad rows with count-0 copies of an id: only ids that were drawn must be distinct
+        ids = idx if "sample_counts" not in block else np.where(block["sample_counts"] > 0, idx, -1 - np.arange(idx.shape[1]))
+        srt = np.sort(ids, axis=1)
+        bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+        if bad.size:
+            raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: the same class id twice")
         vals = decode_values(block, m.values_scheme)
         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_logits row {start + bad[0]}: non-finite logit")
+        bad = np.flatnonzero((vals[:, 1:] > vals[:, :-1]).any(axis=1))
+        if bad.size:
+            raise StoreError(f"{self.path}: topk_logits row {start + bad[0]}: not sorted in descending order")
         lse = block["lse"]
         top = vals[:, :1] / np.asarray(m.temperatures, np.float32)[None, :]
         # lse(z/tau) >= max(z)/tau exactly; allow fp16 rounding of the stored top logit.
@@ -81,6 +101,11 @@ class CacheStore:
             bad = np.flatnonzero(block["sample_counts"].astype(np.int64).sum(axis=1) != m.sample_draws)
             if bad.size:
                 raise StoreError(f"{self.path}: sample_counts row {start + bad[0]}: counts do not sum to sample_draws={m.sample_draws}")
+        # Last, so a damaged block reports what is wrong in it when that is visible; catches the rest.
+        if self.markers is not None:
+            bad_sums = mismatched(block, self.markers[b])
+            if bad_sums:
+                raise StoreError(f"{self.path}: array {bad_sums[0]} block {b} (rows {start}..{stop}): bytes do not match the block's sha256 (corrupt chunk)")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -91,6 +116,8 @@ def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
     where = str(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{where}: no store here (no zarr.json); run the cache_teacher stage first")
+    if (path / "zarr.json").stat().st_size > MAX_ZARR_JSON:
+        raise StoreError(f"{where}/zarr.json: larger than {MAX_ZARR_JSON} bytes; not a kd-cache manifest")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about samples.parquet and _markers/
@@ -101,9 +128,15 @@ def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
     m = parse_manifest(raw, where)
     if not m.complete and not allow_incomplete:
         raise StoreError(f"{where}: store is incomplete (complete: false); rerun the cache_teacher stage to finish it")
+    for name in m.array_specs():
+        meta = path / name / "zarr.json"
+        if meta.is_file() and meta.stat().st_size > MAX_ZARR_JSON:
+            raise StoreError(f"{where}: array {name}: zarr.json is larger than {MAX_ZARR_JSON} bytes")
     arrays = {name: _open_array(group, name, shape, dtype, m, where) for name, (shape, dtype) in m.array_specs().items()}
-    samples = _read_samples(path, m) if m.complete else pa.table({k: pa.array([], t) for k, t in _SAMPLE_COLUMNS.items()})
-    return CacheStore(path, m, arrays, samples)
+    if not m.complete:
+        return CacheStore(path, m, arrays, pa.table({k: pa.array([], t) for k, t in _SAMPLE_COLUMNS.items()}))
+    markers = read_all_markers(path, m)
+    return CacheStore(path, m, arrays, _read_samples(path, m), markers)
 
 
 def _open_array(group: zarr.Group, name: str, shape, dtype: str, m: Manifest, where: str) -> zarr.Array:
@@ -117,8 +150,8 @@ def _open_array(group: zarr.Group, name: str, shape, dtype: str, m: Manifest, wh
         raise StoreError(f"{where}: array {name} has shape {tuple(a.shape)}, manifest says {tuple(shape)}")
     if np.dtype(a.dtype) != np.dtype(dtype):
         raise StoreError(f"{where}: array {name} has dtype {a.dtype}, manifest says {dtype}")
-    if a.chunks[0] != m.chunk_rows:
-        raise StoreError(f"{where}: array {name} has {a.chunks[0]}-row chunks, manifest says {m.chunk_rows}")
+    if tuple(a.chunks) != (m.chunk_rows, *shape[1:]):
+        raise StoreError(f"{where}: array {name} has chunks {tuple(a.chunks)}, manifest says {(m.chunk_rows, *shape[1:])}")
     return a
 
 
@@ -127,8 +160,21 @@ def _read_samples(path: Path, m: Manifest) -> pa.Table:
     where = str(f)
     if not f.is_file():
         raise StoreError(f"{where}: missing")
+    limit = 4096 * m.num_rows + (64 << 20)  # bytes; ~20 per row is typical
+    if f.stat().st_size > limit:
+        raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
+    data = f.read_bytes()  # one row per sample: small next to the arrays
+    if hashlib.sha256(data).hexdigest() != samples_sha256(path):
+        raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
     try:
-        t = pq.read_table(f)
+        reader = pq.ParquetFile(pa.BufferReader(data))
+        n_samples = sum(m.dataset.split_sizes.values())  # = num_rows for classification stores
+        if reader.metadata.num_rows != n_samples:  # checked before reading any column
+            says = f"num_rows={m.num_rows}" if m.kind == "classification" else f"{n_samples} samples"
+            raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says {says}")
+        t = reader.read()
+    except StoreError:
+        raise
     except Exception as e:
         raise StoreError(f"{where}: unreadable ({type(e).__name__})") from e
     for col, typ in _SAMPLE_COLUMNS.items():
@@ -152,6 +198,10 @@ def _read_samples(path: Path, m: Manifest) -> pa.Table:
         raise StoreError(f"{where}: num_rows must be >= 1")
     if m.kind == "classification" and (c != 1).any():
         raise StoreError(f"{where}: classification stores have num_rows == 1 per sample")
+    lab = t["label"].fill_null(0).to_numpy()
+    bad = np.flatnonzero((lab < 0) | (lab >= m.num_classes))
+    if bad.size:
+        raise StoreError(f"{where}: table row {int(bad[0])}: label {int(lab[bad[0]])} outside [0, {m.num_classes})")
     splits = t["split"].to_numpy(zero_copy_only=False)
     ids = t["sample_id"].to_numpy()
     for s, size in m.dataset.split_sizes.items():

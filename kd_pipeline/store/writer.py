@@ -8,14 +8,18 @@ Lifecycle: `CacheWriter.open(path, manifest)` creates the store, or resumes one 
 matches (a different one is replaced: its parameters are stale); `pending_blocks()` lists blocks without a
 marker; `write_block(b, arrays)` writes and then marks; `finalize(table)` checks every marker, writes
 `samples.parquet` and only then sets `complete: true`.
+
+Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) from `open` until
+`finalize` or `close` (use it as a context manager); a block's
+chunks are fsynced before its marker is renamed into place, so a marker always means the block's bytes are
+on disk; a killed writer's temp files are removed on resume; an OSError (permission, disk full) becomes a
+one-line StoreError and leaves every marked block in place for the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,18 +28,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from ..crashpoints import pause_point
 from ..errors import StoreError
-from .format import ATTR, MARKERS, SAMPLES, Manifest, parse_manifest
+from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, write_manifest
+from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
+from .lock import StoreLock
+from .markers import block_sha256, marker_path
 
 
-def block_sha256(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _os_error(path: Path, what: str, e: OSError) -> StoreError:
+    return StoreError(
+        f"{path}: cannot {what} ({e.strerror or type(e).__name__}); finished blocks are kept: "
+        f"fix this and rerun the cache_teacher stage to resume"
+    )
 
 
 class CacheWriter:
@@ -45,35 +50,64 @@ class CacheWriter:
         self.group = group
         self.specs = manifest.array_specs()
         self.arrays = {name: group[name] for name in self.specs}
+        self.lock: StoreLock | None = None
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the writer lock (a killed process releases it too: the kernel drops its flock)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, manifest: Manifest, create: bool = True) -> "CacheWriter":
-        """Resume the store at `path` if its manifest identity matches, else (re)create it."""
+    def open(cls, path: str | Path, manifest: Manifest, create: bool = True, shard: int = 0, num_shards: int = 1) -> "CacheWriter":
+        """Resume the store at `path` if its manifest identity matches, else (re)create it. Holds the lock."""
         path = Path(path)
+        lock = StoreLock.acquire(path, shard, num_shards)
+        try:
+            writer = cls._open_locked(path, manifest, create, lock)
+        except OSError as e:
+            lock.release()
+            raise _os_error(path, "open the store for writing", e) from e
+        except BaseException:
+            lock.release()
+            raise
+        writer.lock = lock
+        return writer
+
+    @classmethod
+    def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock) -> "CacheWriter":
         existing = _read_manifest(path)
         if existing is not None and existing.identity() == manifest.identity():
+            if lock.exclusive:  # never under a running shard's feet: its temp files are in flight
+                remove_partials(path)
             group = zarr.open_group(str(path), mode="r+", zarr_format=3)
             return cls(path, existing, group)
         if not create:
             raise StoreError(f"{path}: no store with matching parameters to resume")
-        if path.exists():
-            shutil.rmtree(path)
-        return cls._create(path, manifest)
+        _refuse_newer(path)
+        lock.make_exclusive("replace the store")
+        clear_for_create(path)
+        writer = cls._create(path, manifest)
+        lock.share()
+        return writer
 
     @classmethod
     def _create(cls, path: Path, manifest: Manifest) -> "CacheWriter":
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"{path}: cannot create the store ({e.strerror})") from e
         m = manifest.model_copy(update={"complete": False})
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = zarr.open_group(str(path), mode="a", zarr_format=3)  # folder emptied above; "w" would delete _lock.json
         for name, (shape, dtype) in m.array_specs().items():
             chunks = (m.chunk_rows, *shape[1:])
             group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=None, fill_value=0)
         (path / MARKERS).mkdir(exist_ok=True)
-        group.attrs[ATTR] = m.model_dump(mode="json")  # written last: a store without it is not a store
+        write_manifest(path, m.model_dump(mode="json"))  # written last: a store without it is not a store
+        pause_point("store_created")
         return cls(path, m, group)
 
     # ------------------------------------------------------------------------------------------- blocks
@@ -82,7 +116,7 @@ class CacheWriter:
         return start, min(start + self.manifest.chunk_rows, self.manifest.num_rows)
 
     def marker_path(self, b: int) -> Path:
-        return self.path / MARKERS / f"block-{b:08d}.json"
+        return marker_path(self.path, b)
 
     def pending_blocks(self, shard: int = 0, num_shards: int = 1) -> list[int]:
         return [
@@ -96,15 +130,23 @@ class CacheWriter:
         start, stop = self.block_rows(b)
         if set(arrays) != set(self.specs):
             raise ValueError(f"block {b}: arrays {sorted(arrays)} != declared {sorted(self.specs)}")
-        sums = {}
         for name, a in arrays.items():
             shape, dtype = self.specs[name]
             if a.shape != (stop - start, *shape[1:]) or a.dtype != np.dtype(dtype):
                 raise ValueError(f"block {b}: {name} has {a.shape} {a.dtype}, expected {(stop - start, *shape[1:])} {dtype}")
-            self.arrays[name][start:stop] = a
-            sums[name] = block_sha256(a)
-        marker = {"block": b, "rows": [start, stop], "sha256": sums}
-        _atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode())
+        try:
+            sums = {}
+            for name, a in arrays.items():
+                self.arrays[name][start:stop] = a
+                sums[name] = block_sha256(a)
+                for f in chunk_files(self.path, name, b, a.ndim):
+                    fsync_file(f)
+                pause_point(f"block_array:{b}:{name}")
+            pause_point(f"block_chunks:{b}")
+            marker = {"block": b, "rows": [start, stop], "sha256": sums}
+            atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}")
+        except OSError as e:
+            raise _os_error(self.path, f"write block {b} (rows {start}..{stop})", e) from e
 
     # ----------------------------------------------------------------------------------------- finalize
     def finalize(self, table: pa.Table) -> Manifest:
@@ -113,10 +155,28 @@ class CacheWriter:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        _atomic_write(self.path / SAMPLES, buf.getvalue().to_pybytes())
-        self.manifest = self.manifest.model_copy(update={"complete": True})
-        self.group.attrs[ATTR] = self.manifest.model_dump(mode="json")
+        data = buf.getvalue().to_pybytes()
+        done = self.manifest.model_copy(update={"complete": True})
+        try:
+            atomic_write(self.path / SAMPLES, data)
+            atomic_write(self.path / MARKERS / SAMPLES_MARKER, json.dumps({"sha256": hashlib.sha256(data).hexdigest()}).encode())
+            pause_point("samples_written")
+            write_manifest(self.path, done.model_dump(mode="json"), pause="manifest_tmp")
+        except OSError as e:
+            raise _os_error(self.path, "finalize the store", e) from e
+        self.manifest = done
+        self.close()  # finished: nothing more to write, so another writer may open it
         return self.manifest
+
+
+def _refuse_newer(path: Path) -> None:
+    """A store from a newer version of the format is never deleted to make room for ours."""
+    try:
+        v = json.loads((path / "zarr.json").read_bytes())["attributes"][ATTR]["version"]
+    except Exception:
+        return
+    if isinstance(v, int) and v > VERSION:
+        raise StoreError(f"{path}: holds a store of format version {v} (newer than {VERSION}); will not overwrite it")
 
 
 def _read_manifest(path: Path) -> Manifest | None:

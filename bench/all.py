@@ -1,0 +1,44 @@
+"""All four benchmarks in turn (`make bench`); figures and commands are recorded in docs/benchmarks.md.
+
+    .venv/bin/python -m bench.all            # full: speed benchmarks (~5 min here) + quality over 3 seeds (~15-25 min)
+    .venv/bin/python -m bench.all --quick    # same speed benchmarks; quality with 1000-step runs, 1 seed
+
+One at a time, never in parallel: each speed figure is a ratio of two measurements alternated in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench import quality, reading, student_step, teacher_pass
+from bench.common import apply_threads, bench_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = bench_args(__doc__)
+    ap.add_argument("--quick", action="store_true", help="quality: 1000 teacher/student steps and one seed")
+    ap.add_argument("--skip-quality", action="store_true")
+    a = ap.parse_args(argv)
+    apply_threads(a)
+    store = Path("bench/out/store")
+    parts = [
+        ("1. teacher pass", lambda: teacher_pass.run(teacher_pass.VARIANTS, rounds=5, sets=a.sets)),
+        ("2. student step", lambda: student_step.run(store, steps=1000, rounds=5, sets=a.sets)),
+        ("2b. student step, 1024-wide MLP student", lambda: student_step.run(store, steps=200, rounds=5, sets=[*a.sets, *student_step.WIDE])),
+        ("3. reading", lambda: reading.run(store, passes=4.0, rounds=5, sets=a.sets)),
+    ]
+    if not a.skip_quality:
+        root = Path("bench/out") / ("quality-quick" if a.quick else "quality")
+        seeds = [0] if a.quick else [0, 1, 2]
+        sets = (quality.QUICK if a.quick else []) + a.sets
+        parts.append(("4. quality", lambda: quality.report(quality.run(root, seeds, sets=sets))))
+    for title, fn in parts:
+        print(f"\n== {title}")
+        t0 = time.perf_counter()
+        fn()
+        print(f"   ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""File-level helpers for writing a store so that a crash at any instant leaves it resumable.
+
+Every file the writer owns (markers, samples.parquet, the manifest in zarr.json) is written to a temp file,
+fsynced and renamed into place: a reader sees the old file or the new one, never half of one. zarr writes
+chunks the same way (`<chunk>.<uuid>.partial`, then rename); temp files a killed writer leaves are removed
+when the store is reopened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..crashpoints import pause_point
+from ..errors import StoreError
+from .format import ATTR, CORE_ARRAYS, MARKERS, SAMPLES
+
+SAMPLES_MARKER = "samples.json"  # _markers/samples.json: sha256 of samples.parquet
+# Everything a store folder may hold; anything else means the folder is not ours to delete.
+OWN_NAMES = {"zarr.json", SAMPLES, MARKERS, "features", *CORE_ARRAYS}
+
+
+def fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # zarr skips chunks that equal the fill value: nothing to flush
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, pause: str | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # the rename below must never expose a file whose bytes are not on disk
+    if pause:
+        pause_point(pause)
+    os.replace(tmp, path)
+    fsync_file(path.parent)  # the rename itself, for power loss (a kill -9 needs none of these fsyncs)
+
+
+def write_manifest(path: Path, manifest: dict, pause: str | None = None) -> None:
+    """Set the manifest in the root zarr.json (zarr v3 group metadata), atomically."""
+    meta = json.loads((path / "zarr.json").read_bytes())
+    meta.setdefault("attributes", {})[ATTR] = manifest
+    atomic_write(path / "zarr.json", json.dumps(meta, indent=2).encode(), pause)
+
+
+def chunk_files(path: Path, name: str, b: int, ndim: int) -> list[Path]:
+    """The chunk file of block b of array `name` (default zarr v3 chunk key encoding, "/" separator)."""
+    return [path / name / "c" / str(b) / Path(*(["0"] * (ndim - 1)))] if ndim > 1 else [path / name / "c" / str(b)]
+
+
+def _own(name: str) -> bool:
+    """A store's own file, a lock, or a temp file a killed writer (ours or zarr's) left behind."""
+    return name in OWN_NAMES or name.startswith("_lock") or name.endswith(".partial") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def clear_for_create(path: Path) -> None:
+    """Empty a folder before creating a store in it; refuse if it holds anything a store would not."""
+    foreign = [p.name for p in path.iterdir() if not _own(p.name)]
+    if foreign:
+        raise StoreError(
+            f"{path}: exists and is not a kd-cache store (holds {sorted(foreign)[:3]}); "
+            f"choose another cache.path or empty it yourself"
+        )
+    for p in path.iterdir():
+        if p.name.startswith("_lock"):
+            continue  # held by us
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def remove_partials(path: Path) -> int:
+    """Temp files left by a killed writer: zarr's `*.partial` chunks, our `.*.tmp` files."""
+    n = 0
+    for pattern in ("**/*.partial", "**/.*.tmp", ".*.tmp"):
+        for p in path.glob(pattern):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n

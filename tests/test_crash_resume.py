@@ -1,0 +1,159 @@
+"""kill -9 the teacher pass at precise moments (crashpoints.py), rerun, and the store equals an uninterrupted
+run's bit for bit. Also: the writer lock refuses a second writer by name and is taken over once its holder
+is dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import zarr
+
+from kd_pipeline.config import load_config
+from kd_pipeline.errors import StoreError
+from kd_pipeline.runner import run_pipeline
+from kd_pipeline.store import CacheWriter, open_store
+from kd_pipeline.store.lock import active_holders
+from tests.conftest import tiny_config, write_config
+from tests.killing import kill9, start_paused
+
+ARRAYS = ("topk_logits", "topk_indices", "lse", "features/penultimate")
+
+
+def same_store(a: Path, b: Path) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ARRAYS:
+        x, y = ga[name][:], gb[name][:]
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+    assert (a / "samples.parquet").read_bytes() == (b / "samples.parquet").read_bytes()
+
+
+@pytest.fixture
+def fresh_run(tiny_run, tmp_path) -> Path:
+    """A run folder holding only the session's trained teacher: the cache stage starts from nothing."""
+    src = load_config(tiny_run).out_dir
+    (tmp_path / "run").mkdir()
+    shutil.copy(src / "teacher.safetensors", tmp_path / "run" / "teacher.safetensors")
+    return write_config(tmp_path / "pipeline.yaml", tiny_config(tmp_path / "run"))
+
+
+def _chunk(store: Path, name: str, b: int) -> Path:
+    return store / name / "c" / str(b) / "0"
+
+
+STATE_AT_KILL = {
+    # point -> check of what the killed writer left behind
+    "store_created": lambda s: not list((s / "_markers").glob("block-*.json")),
+    "block_array:4:topk_indices": lambda s: _chunk(s, "topk_indices", 4).is_file() and not _chunk(s, "lse", 4).exists(),
+    "block_chunks:3": lambda s: _chunk(s, "topk_logits", 3).is_file() and not (s / "_markers" / "block-00000003.json").exists(),
+    "marker_tmp:5": lambda s: list((s / "_markers").glob(".block-00000005.json.*.tmp")) and not (s / "_markers" / "block-00000005.json").exists(),
+    "samples_written": lambda s: (s / "samples.parquet").is_file(),
+    "manifest_tmp": lambda s: list(s.glob(".zarr.json.*.tmp")),
+}
+
+
+def second_writer_refused(cfg, pid: int) -> None:
+    """While the paused writer lives: another writer (API or `kd run`) is refused, naming it."""
+    m = open_store(cfg.cache_path, allow_incomplete=True).manifest
+    with pytest.raises(StoreError) as e:
+        CacheWriter.open(cfg.cache_path, m)
+    msg = str(e.value)
+    assert f"pid {pid} on host {os.uname().nodename}, started 20" in msg and "\n" not in msg
+    with pytest.raises(StoreError, match=f"another writer holds the store lock \\(pid {pid} "):
+        run_pipeline(cfg, only=["cache_teacher"])
+    assert [h["pid"] for h in active_holders(cfg.cache_path)] == [pid]
+    from kd_pipeline.store.verify import verify_store
+
+    assert verify_store(cfg.cache_path).notes[0].startswith(f"a writer is active (pid {pid} ")
+
+
+@pytest.mark.parametrize("point", list(STATE_AT_KILL))
+def test_kill9_then_rerun_equals_uninterrupted(point, zygote, tiny_run, fresh_run, tmp_path, capsys):
+    reference = load_config(tiny_run).cache_path  # the session's uninterrupted run, same data and teacher
+    cfg = load_config(fresh_run)
+    store = cfg.cache_path
+    pid = start_paused(zygote, fresh_run, point, "cache_teacher", tmp_path)
+    if point == "block_chunks:3":
+        second_writer_refused(cfg, pid)
+    kill9(pid)
+    assert STATE_AT_KILL[point](store), f"kill at {point} did not leave the expected state"
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(store)  # whatever moment it died at, a killed store is never read as complete
+    if point == "block_chunks:3":
+        for name in ARRAYS:  # a torn block: its bytes must be rewritten, not trusted, since it has no marker
+            _chunk(store, name, 3).write_bytes(b"\xff" * 17)
+    assert json.loads((store / "_lock.json").read_text())["pid"] == pid  # the dead writer's lock is left
+    assert active_holders(store) == []  # ... but not held: the kernel dropped the dead process's flock
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert f"took over the stale lock of pid {pid}" in capsys.readouterr().out
+    same_store(store, reference)
+    assert not list(store.rglob("*.partial")) and not list(store.rglob(".*.tmp"))
+    st = open_store(store)
+    for b in range(st.num_blocks):  # checksums of every block against its marker
+        st.check_block(b, st.read_block(b))
+    st.close()
+
+
+def test_sharded_writers_share_the_store_but_not_a_shard(tmp_path):
+    from tests.test_store import manifest
+
+    m = manifest()
+    with CacheWriter.open(tmp_path / "s", m, shard=0, num_shards=2) as w0:
+        with CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2):
+            with pytest.raises(StoreError, match="another writer holds the store lock"):
+                CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2)
+            with pytest.raises(StoreError, match=r"sharded writers: pid \d+ .*\(shard 0/2\)"):
+                CacheWriter.open(tmp_path / "s", m)
+        assert w0.pending_blocks(0, 2) == [0, 2]
+    with CacheWriter.open(tmp_path / "s", m) as w:
+        assert w.lock.exclusive
+
+
+def test_a_store_killed_while_being_created_is_rebuilt_but_a_foreign_folder_is_not(tmp_path):
+    from tests.test_store import manifest
+
+    p = tmp_path / "s"
+    p.mkdir()
+    zarr.open_group(str(p), mode="w", zarr_format=3)  # zarr.json without a manifest yet
+    (p / ".zarr.json.123.tmp").write_text("{")  # our manifest temp file
+    (p / "zarr.0badc0de.partial").write_text("{")  # zarr's temp file
+    (p / "lse").mkdir()
+    with CacheWriter.open(p, manifest()) as w:
+        assert w.pending_blocks() == [0, 1, 2, 3]
+    assert sorted(x.name for x in p.iterdir()) == ["_lock.json", "_markers", "lse", "topk_indices", "topk_logits", "zarr.json"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a store")
+    with pytest.raises(StoreError, match=r"exists and is not a kd-cache store \(holds \['notes.txt'\]\); choose another cache.path"):
+        CacheWriter.open(other, manifest())
+    assert (other / "notes.txt").exists()
+
+
+def test_a_store_of_a_newer_format_is_never_overwritten(tmp_path):
+    from kd_pipeline.store.files import write_manifest
+    from tests.test_store import manifest, write_store
+
+    import torch
+
+    write_store(tmp_path / "s", manifest(), torch.randn(1000, 10))
+    meta = json.loads((tmp_path / "s" / "zarr.json").read_text())["attributes"]["kd_cache"]
+    write_manifest(tmp_path / "s", {**meta, "version": 2})
+    with pytest.raises(StoreError, match="holds a store of format version 2 \\(newer than 1\\); will not overwrite it"):
+        CacheWriter.open(tmp_path / "s", manifest())
+    assert (tmp_path / "s" / "samples.parquet").exists()
+
+
+def test_sharded_writer_clears_a_dead_unsharded_writers_lock_info(tmp_path):
+    from tests.test_store import manifest
+
+    m = manifest()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "_lock.json").write_text(json.dumps({"pid": 999999, "host": "gone", "started_at": "then"}))
+    with CacheWriter.open(tmp_path / "s", m, shard=1, num_shards=2) as w:
+        assert [o["pid"] for o in w.lock.taken_over] == [999999]
+        with pytest.raises(StoreError) as e:
+            CacheWriter.open(tmp_path / "s", m)
+        assert f"pid {os.getpid()}" in str(e.value) and "(shard 1/2)" in str(e.value) and "999999" not in str(e.value)
