@@ -9,6 +9,7 @@ pass runs at the teacher's speed (bench/teacher_pass.py measures the ratio).
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,6 +61,26 @@ def _to_numpy(block: dict[str, torch.Tensor], specs) -> dict[str, np.ndarray]:
     return {k: v.to("cpu").numpy().astype(_NP[specs[k][1]], copy=False) for k, v in block.items()}  # no-op casts now
 
 
+def write_blocks(writer: CacheWriter, compute: Callable[[int, int], dict[str, np.ndarray]], shard: int = 0,
+                 num_shards: int = 1, desc: str = "cache_teacher: teacher pass") -> int:
+    """Writes this shard's pending blocks; compute(start, stop) -> the block's arrays (numpy, declared
+    dtypes). The writer thread writes block b while compute runs on block b+1. Returns rows written."""
+    pending = writer.pending_blocks(shard, num_shards)
+    rows = 0
+    inflight: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as pool, progress(desc, len(pending)) as advance:
+        for b in pending:
+            start, stop = writer.block_rows(b)
+            inflight.append(pool.submit(writer.write_block, b, compute(start, stop)))
+            while len(inflight) > 1:  # at most one block waiting behind the one being written
+                inflight.pop(0).result()
+            rows += stop - start
+            advance(1, stop - start)
+        for f in inflight:
+            f.result()
+    return rows
+
+
 def run_teacher_pass(
     teacher: nn.Module,
     inputs: torch.Tensor,
@@ -72,23 +93,13 @@ def run_teacher_pass(
     num_shards: int = 1,
 ) -> int:
     """inputs: (R, ...) rows in store order. Writes this shard's pending blocks; returns rows written."""
-    pending = writer.pending_blocks(shard, num_shards)
     teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    rows = 0
-    inflight: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending)) as advance:
-        for b in pending:
-            start, stop = writer.block_rows(b)
-            block = _block_targets(teacher, inputs[start:stop], writer, features, batch_size, device, dtype)
-            arrays = _to_numpy(block, writer.specs)
-            inflight.append(pool.submit(writer.write_block, b, arrays))
-            while len(inflight) > 1:  # at most one block waiting behind the one being written
-                inflight.pop(0).result()
-            rows += stop - start
-            advance(1, stop - start)
-        for f in inflight:
-            f.result()
-    return rows
+
+    def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+        block = _block_targets(teacher, inputs[start:stop], writer, features, batch_size, device, dtype)
+        return _to_numpy(block, writer.specs)
+
+    return write_blocks(writer, compute, shard, num_shards)
 
 
 def build_manifest(cfg, splits: dict, teacher_sha256: str, feature_shapes: dict[str, list[int]]):

@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from .errors import KDError
@@ -15,9 +16,9 @@ from .errors import KDError
 
 def save_model(model: nn.Module, path: Path, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+    # save_model (not save_file) stores tied weights (an LM's embedding = its output head) once
+    st_save_model(model, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
     os.replace(tmp, path)
 
 
@@ -25,8 +26,7 @@ def load_model(model: nn.Module, path: Path, what: str) -> nn.Module:
     if not path.is_file():
         raise KDError(f"{path}: {what} checkpoint not found; run its training stage first")
     try:
-        state = load_file(str(path))
-        model.load_state_dict(state)
+        st_load_model(model, str(path), strict=True)
     except Exception as e:
         raise KDError(f"{path}: {what} checkpoint does not fit the configured model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     return model

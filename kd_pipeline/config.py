@@ -50,7 +50,13 @@ class CacheConfig(Strict):
     path: Optional[str] = None  # default <out>/cache
     top_k: int  # 1..num_classes, checked against data.num_classes
     temperatures: list[float] = [1.0]  # lse is stored for each; students may only use these
-    values_dtype: Literal["float16", "float32"] = "float16"
+    # float16/float32; uint8 = 8-bit per-row quantisation of values relative to the row's top logit
+    # (sequence pipelines only; scheme in docs/store-format-sequence.md)
+    values_dtype: Literal["float16", "float32", "uint8"] = "float16"
+    # topk: the k largest logits + exact tail (lse). sampled: `draws` ids drawn per row from the teacher at
+    # temperatures[0], stored once each with their counts (random-sampling KD; sequence pipelines only)
+    targets: Literal["topk", "sampled"] = "topk"
+    draws: int = Field(64, ge=1, le=65535)  # m, for targets: sampled; the stored width is min(m, vocab)
     features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)
     chunk_rows: int = Field(4096, ge=1)  # rows per chunk = rows per write block
     batch_size: int = Field(1024, ge=1)  # teacher forward batch
@@ -87,17 +93,29 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(1024, ge=1)
 
 
+class SequenceConfig(Strict):
+    """Keys of the sequence (language-model) pipeline; data.num_classes is the vocabulary size there."""
+
+    context: int = Field(128, ge=2)  # tokens per sample: the teacher's and the student's context
+    val_split: str = "val"  # held out: reconstruction KL at cache time, validation metrics
+    recon_tokens: int = Field(8192, ge=0)  # val tokens whose full logits measure the store's reconstruction KL
+    eval_tokens: int = Field(65536, ge=1)  # val and test tokens evaluated per model
+
+
 class PipelineConfig(Strict):
     out: str  # run folder (relative to the working directory)
     seed: int = 0
+    # which stage list runs (kd_pipeline/runner.py): classification, or sequence = the LM track
+    pipeline: Literal["classification", "sequence"] = "classification"
     data: DataConfig
     teacher: Component
     student: Component
-    teacher_train: TrainConfig
+    teacher_train: Optional[TrainConfig] = None  # required, except for a sequence teacher used as loaded
     student_train: TrainConfig
     cache: CacheConfig
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    sequence: SequenceConfig = SequenceConfig()
 
     @property
     def out_dir(self) -> Path:
@@ -182,6 +200,11 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
 def _check(cfg: PipelineConfig, src) -> None:
     """Checks that span sections, and factories that must import and bind."""
     n = cfg.data.num_classes
+    if cfg.pipeline == "classification":
+        for p, bad in (("teacher_train", cfg.teacher_train is None), ("cache.targets", cfg.cache.targets != "topk"),
+                       ("cache.values_dtype", cfg.cache.values_dtype == "uint8")):
+            if bad:
+                raise ConfigError(f"{src(p)}: {p}: {'required' if p == 'teacher_train' else 'sequence pipelines only'} for pipeline: classification")
     if not 1 <= cfg.cache.top_k <= n:
         p = "cache.top_k"
         raise ConfigError(f"{src(p)}: {p}: must be between 1 and num_classes ({n}), got {cfg.cache.top_k}")

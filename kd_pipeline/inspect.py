@@ -18,7 +18,8 @@ def describe(path: Path) -> dict:
     for name, a in store.arrays.items():
         per_row = int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize
         arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "bytes_per_row": per_row}
-    target_bytes = sum(v["bytes_per_row"] for k, v in arrays.items() if not k.startswith("features/"))
+    # per row (= per token in a sequence store); the input tokens and features are not targets
+    target_bytes = sum(v["bytes_per_row"] for k, v in arrays.items() if not k.startswith("features/") and k != "tokens")
     full = 4 * m.num_classes  # full fp32 logits per row
     splits = {}
     if m.complete and store.samples.num_rows:
@@ -48,10 +49,15 @@ def render(info: dict) -> None:
         f"rows {m['num_rows']:,}  classes {m['num_classes']}  top_k {m['top_k']}  temperatures {m['temperatures']}  "
         f"chunk_rows {m['chunk_rows']}"
     )
+    unit = "token" if m["kind"] == "sequence" else "row"
     c.print(
-        f"targets {info['target_bytes_per_row']} B/row (full fp32 logits {info['full_fp32_bytes_per_row']} B/row, "
-        f"ratio {info['ratio_to_full_fp32']:.3f})"
+        f"targets {info['target_bytes_per_row']} B/{unit} (full fp32 logits {info['full_fp32_bytes_per_row']} B/{unit}, "
+        f"ratio {info['ratio_to_full_fp32']:.4f})"
     )
+    if m.get("reconstruction_kl"):
+        r = m["reconstruction_kl"]
+        c.print(f"{m.get('targets', 'topk')} targets, values {m.get('values_scheme', 'raw')}: reconstruction KL per token at tau={r['temperature']} "
+                f"over {r['rows']:,} held-out rows: compression {r['compression']:.3g}, full {r['full']:.3g} nats")
     c.print(f"teacher {m['teacher']['factory']} {m['teacher']['kwargs']}  sha256 {m['teacher']['checkpoint_sha256'][:16]}…")
     c.print(f"dataset {m['dataset']['factory']} {m['dataset']['kwargs']}  {m['dataset']['fingerprint'][:23]}…")
     t = Table("array", "shape", "dtype", "chunks", "B/row")

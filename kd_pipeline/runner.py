@@ -22,19 +22,29 @@ from .checkpoint import file_sha256
 from .config import PipelineConfig
 from .errors import ConfigError
 
-PIPELINE_STAGES = (
-    "stages.train_teacher",
-    "stages.cache_teacher",
-    "stages.train_student",
-    "stages.train_baseline",
-    "stages.evaluate",
-)
+PIPELINE_STAGES = {  # config key `pipeline` -> its stages, in order
+    "classification": (
+        "stages.train_teacher",
+        "stages.cache_teacher",
+        "stages.train_student",
+        "stages.train_baseline",
+        "stages.evaluate",
+    ),
+    "sequence": (
+        "stages.lm_prepare",
+        "stages.lm_train_teacher",
+        "stages.lm_cache_teacher",
+        "stages.lm_train_student",
+        "stages.lm_train_baseline",
+        "stages.lm_evaluate",
+    ),
+}
 
 console = Console(stderr=True)
 
 
-def load_stages() -> list[ModuleType]:
-    return [importlib.import_module(m) for m in PIPELINE_STAGES]
+def load_stages(pipeline: str = "classification") -> list[ModuleType]:
+    return [importlib.import_module(m) for m in PIPELINE_STAGES[pipeline]]
 
 
 def path_digest(p: Path) -> str | None:
@@ -103,7 +113,7 @@ def is_fresh(cfg: PipelineConfig, stage: ModuleType) -> bool:
 
 def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False) -> list[str]:
     """Runs the stages in order (only those named in `only`, if given); returns the names that ran."""
-    stages = load_stages()
+    stages = load_stages(cfg.pipeline)
     names = [s.NAME for s in stages]
     for n in only:
         if n not in names:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 from queue import Queue
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
 
 from .store import CacheStore
+
+T = TypeVar("T")
 
 
 class BlockStream:
@@ -48,36 +50,43 @@ class BlockStream:
         """Infinite: yields dicts of arrays with `batch_size` rows (keys: arrays + "row")."""
         if self.store.manifest.num_rows == 0:
             return
-        q: Queue = Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for blocks in self._windows():
-                    if stop.is_set():
-                        return
-                    q.put(self._read_window(blocks))
-            except BaseException as e:  # surfaced in the consumer
-                q.put(e)
-
-        threading.Thread(target=produce, daemon=True).start()
         carry: dict[str, np.ndarray] | None = None
+        for item in background(self._read_window(blocks) for blocks in self._windows()):
+            if carry is not None:
+                item = {k: np.concatenate([carry[k], item[k]]) for k in item}
+            perm = self.row_rng.permutation(len(item["row"]))
+            # One shuffled copy per window, then batches are views (same rows, same order as gathering
+            # perm[i:i+B] per batch, but one vectorised gather per array instead of one per batch).
+            item = {k: v[perm] for k, v in item.items()}
+            n_full = len(perm) // self.batch_size * self.batch_size
+            for i in range(0, n_full, self.batch_size):
+                yield {k: v[i : i + self.batch_size] for k, v in item.items()}
+            carry = {k: v[n_full:] for k, v in item.items()} if n_full < len(perm) else None
+
+
+def background(produce: Iterator[T]) -> Iterator[T]:
+    """Runs the generator `produce` one item ahead in a daemon thread (reads overlap training); its
+    exceptions surface in the consumer; closing the consumer stops the producer."""
+    q: Queue = Queue(maxsize=1)
+    stop = threading.Event()
+
+    def run():
         try:
-            while True:
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if carry is not None:
-                    item = {k: np.concatenate([carry[k], item[k]]) for k in item}
-                perm = self.row_rng.permutation(len(item["row"]))
-                # One shuffled copy per window, then batches are views (same rows, same order as gathering
-                # perm[i:i+B] per batch, but one vectorised gather per array instead of one per batch).
-                item = {k: v[perm] for k, v in item.items()}
-                n_full = len(perm) // self.batch_size * self.batch_size
-                for i in range(0, n_full, self.batch_size):
-                    yield {k: v[i : i + self.batch_size] for k, v in item.items()}
-                carry = {k: v[n_full:] for k, v in item.items()} if n_full < len(perm) else None
-        finally:
-            stop.set()
-            while not q.empty():
-                q.get_nowait()
+            for item in produce:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()

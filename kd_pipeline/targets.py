@@ -19,6 +19,8 @@ class Targets:
     temperatures: tuple[float, ...]  # the T declared temperatures, in `lse` column order
     num_classes: int
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, ...]
+    # sampled targets only: [B, k] how often each id was drawn (0 = padding) from softmax(z / temperatures[0])
+    counts: torch.Tensor | None = None
 
     @property
     def k(self) -> int:

@@ -25,7 +25,7 @@ MORE_CASES = [
     ({}, ("cache.chunk_rows=0",), "--set cache.chunk_rows=0: cache.chunk_rows: Input should be greater than or equal to 1"),
     ({"data.kwargs": {"num_samples": 2000, "labeled": 400}}, (), "pipeline.yaml: data.kwargs: got an unexpected keyword argument 'labeled'"),
     ({"student_train.checkpoint_every": -1}, (), "pipeline.yaml: student_train.checkpoint_every: Input should be greater than or equal to 0"),
-    ({"cache.values_dtype": "float8"}, (), "pipeline.yaml: cache.values_dtype: Input should be 'float16' or 'float32'"),
+    ({"cache.values_dtype": "float8"}, (), "pipeline.yaml: cache.values_dtype: Input should be 'float16', 'float32' or 'uint8'"),
 ]
 
 

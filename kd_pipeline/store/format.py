@@ -7,6 +7,10 @@ Layout of a store folder:
     lse/                      (R, T) float32          logsumexp(z / tau) over ALL classes, per temperature
     features/<name>/          (R, ...)                a teacher module's output per row
     samples.parquet           sample_id, split, row, num_rows, label (nullable)
+  sequence stores (kind "sequence", docs/store-format-sequence.md) add:
+    tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
+    value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
+    sample_counts/            (R, k) uint16           targets "sampled" only: draws of each stored id (0 = pad)
     _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
 Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
 [b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
@@ -72,15 +76,31 @@ class FeatureInfo(_Open):
     module: str
 
 
+class ReconstructionKL(_Open):
+    """KL(p_teacher || p_from_store) per token at `temperature`, mean over `rows` held-out rows (nats)."""
+
+    compression: float  # stored ids + one tail bucket: what the format loses
+    full: float  # tail mass spread evenly over the ids not stored: what a consumer of the ids loses
+    rows: int
+    temperature: float
+
+
 class Manifest(_Open):
     format: Literal["kd-cache"]
     version: int
-    kind: Literal["classification"]
+    kind: Literal["classification", "sequence"]
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     top_k: int = Field(ge=1)
     temperatures: list[float] = Field(min_length=1, max_length=64)
-    values_dtype: Literal["float16", "float32"]
+    values_dtype: Literal["float16", "float32", "uint8"]
     indices_dtype: Literal["int16", "int32"]
+    # raw: teacher logits as they are. relative: logit - the row's top logit (<= 0), lse likewise shifted.
+    # q8: relative, coded as uint8 code = round(-(logit - top) / value_scale[r]) (docs/store-format-sequence.md)
+    values_scheme: Literal["raw", "relative", "q8"] = "raw"
+    targets: Literal["topk", "sampled"] = "topk"
+    sample_draws: Optional[int] = Field(None, ge=1)  # m ids drawn per row (targets "sampled")
+    sample_temperature: Optional[float] = Field(None, gt=0)  # tau the ids were drawn at
+    reconstruction_kl: Optional[ReconstructionKL] = None
     num_rows: int = Field(ge=0, le=MAX_ROWS)
     chunk_rows: int = Field(ge=1, le=2**24)
     teacher: TeacherInfo
@@ -97,7 +117,7 @@ class Manifest(_Open):
     def identity(self) -> dict:
         """What must match for a half-written store to be resumed (everything but progress/time)."""
         d = self.model_dump(mode="json")
-        for k in ("complete", "created_at", "created_with"):
+        for k in ("complete", "created_at", "created_with", "reconstruction_kl"):
             d.pop(k, None)
         return d
 
@@ -109,6 +129,12 @@ class Manifest(_Open):
             "topk_indices": ((R, k), self.indices_dtype),
             "lse": ((R, T), "float32"),
         }
+        if self.kind == "sequence":
+            specs["tokens"] = ((R,), "int32")
+        if self.values_scheme == "q8":
+            specs["value_scale"] = ((R,), "float16")
+        if self.targets == "sampled":
+            specs["sample_counts"] = ((R, k), "uint16")
         for name, f in self.features.items():
             specs[f"features/{name}"] = ((R, *f.shape), f.dtype)
         return specs
@@ -140,6 +166,10 @@ def parse_manifest(raw, where: str) -> Manifest:
         raise StoreError(f"{where}: manifest.indices_dtype: int16 cannot hold {m.num_classes} classes")
     if any((not t > 0) for t in m.temperatures):
         raise StoreError(f"{where}: manifest.temperatures: must all be > 0, got {m.temperatures}")
+    if (m.values_dtype == "uint8") != (m.values_scheme == "q8"):
+        raise StoreError(f"{where}: manifest.values_scheme: {m.values_scheme!r} does not go with values_dtype {m.values_dtype!r}")
+    if m.targets == "sampled" and (m.sample_draws is None or m.sample_temperature is None):
+        raise StoreError(f"{where}: manifest.sample_draws: sampled targets need sample_draws and sample_temperature")
     for name in m.features:
         check_name(name, f"{where}: manifest.features")
     for s in m.dataset.splits:
@@ -157,7 +187,8 @@ def _check_sizes(m: Manifest, where: str) -> None:
     d = m.dataset
     if len(set(d.splits)) != len(d.splits) or set(d.splits) != set(d.split_sizes):
         raise StoreError(f"{where}: manifest.dataset.splits: {d.splits} must be distinct and match split_sizes {list(d.split_sizes)}")
-    if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or sum(d.split_sizes.values()) != m.num_rows:
+    total = sum(d.split_sizes.values())  # samples: one row each (classification), >= 1 row each (sequence)
+    if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or (total != m.num_rows if m.kind == "classification" else total > m.num_rows):
         raise StoreError(f"{where}: manifest.dataset.split_sizes: {d.split_sizes} must add up to num_rows={m.num_rows}")
     row_bytes = 0
     for name, (shape, dtype) in m.array_specs().items():

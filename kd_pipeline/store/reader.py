@@ -22,6 +22,7 @@ import zarr
 from ..errors import StoreError
 from .format import ATTR, SAMPLES, Manifest, parse_manifest
 from .markers import mismatched, read_all_markers, samples_sha256
+from .values import decode_values
 
 MAX_ZARR_JSON = 16 << 20  # bytes; a manifest is a few KB
 
@@ -72,11 +73,13 @@ class CacheStore:
         bad = np.flatnonzero(((idx < 0) | (idx >= m.num_classes)).any(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: class id outside [0, {m.num_classes})")
-        srt = np.sort(idx, axis=1)
+        # sampled stores pad rows with count-0 copies of an id: only ids that were drawn must be distinct
+        ids = idx if "sample_counts" not in block else np.where(block["sample_counts"] > 0, idx, -1 - np.arange(idx.shape[1]))
+        srt = np.sort(ids, axis=1)
         bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: the same class id twice")
-        vals = block["topk_logits"].astype(np.float32)
+        vals = decode_values(block, m.values_scheme)
         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_logits row {start + bad[0]}: non-finite logit")
@@ -90,6 +93,14 @@ class CacheStore:
         bad = np.flatnonzero(~(np.isfinite(lse) & (lse >= top - tol)).all(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: lse row {start + bad[0]}: below max(logit)/tau or not finite")
+        if "tokens" in block:
+            bad = np.flatnonzero((block["tokens"] < 0) | (block["tokens"] >= m.num_classes))
+            if bad.size:
+                raise StoreError(f"{self.path}: tokens row {start + bad[0]}: token id outside [0, {m.num_classes})")
+        if "sample_counts" in block:
+            bad = np.flatnonzero(block["sample_counts"].astype(np.int64).sum(axis=1) != m.sample_draws)
+            if bad.size:
+                raise StoreError(f"{self.path}: sample_counts row {start + bad[0]}: counts do not sum to sample_draws={m.sample_draws}")
         # Last, so a damaged block reports what is wrong in it when that is visible; catches the rest.
         if self.markers is not None:
             bad_sums = mismatched(block, self.markers[b])
@@ -157,8 +168,10 @@ def _read_samples(path: Path, m: Manifest) -> pa.Table:
         raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
     try:
         reader = pq.ParquetFile(pa.BufferReader(data))
-        if reader.metadata.num_rows != m.num_rows:  # checked before reading any column
-            raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says num_rows={m.num_rows}")
+        n_samples = sum(m.dataset.split_sizes.values())  # = num_rows for classification stores
+        if reader.metadata.num_rows != n_samples:  # checked before reading any column
+            says = f"num_rows={m.num_rows}" if m.kind == "classification" else f"{n_samples} samples"
+            raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says {says}")
         t = reader.read()
     except StoreError:
         raise
