@@ -1,6 +1,5 @@
 """LM stage 5: the same student on hard labels only (next-token CE) -> <out>/baseline.safetensors."""
 
-from kd_pipeline.checkpoint import save_model
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.lm.common import train_lm
 
@@ -17,5 +16,4 @@ def outs(cfg: PipelineConfig):
 
 
 def run(cfg: PipelineConfig) -> None:
-    model = train_lm(cfg, cfg.student, cfg.student_train, NAME)
-    save_model(model, outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs})
+    train_lm(cfg, cfg.student, cfg.student_train, NAME, outs(cfg)[0])

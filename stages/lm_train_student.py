@@ -9,7 +9,8 @@ from kd_pipeline.lm.stream import SampleStream, lm_kd_step
 from kd_pipeline.losses import temperature_index
 from kd_pipeline.models import build_model
 from kd_pipeline.store import open_store
-from kd_pipeline.training import fit, seed_everything
+from kd_pipeline.runner import path_digest
+from kd_pipeline.training import fit, seed_everything, stage_checkpoint
 
 NAME = "lm_train_student"
 PARAMS = ("seed", "student", "student_train", "distill")
@@ -31,6 +32,9 @@ def run(cfg: PipelineConfig) -> None:
     student = build_model(cfg.student, m.num_classes).train()
     stream = SampleStream(store, cfg.student_train.batch_size, cfg.distill.shuffle_window, cfg.seed)
     step = lm_kd_step(student, cfg.distill.alpha, cfg.distill.temperature)
-    fit(student.parameters(), iter(stream), step, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl")
+    d = cfg.model_dump(mode="json")
+    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": student}, {k: d[k] for k in PARAMS}, path_digest(store.path))
+    fit(student.parameters(), iter(stream), step, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt)
     save_model(student, outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
+    ckpt.remove()
     store.close()

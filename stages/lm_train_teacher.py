@@ -1,7 +1,6 @@
 """LM stage 2: train the teacher on the train split's samples (next-token CE) -> <out>/teacher.safetensors.
 Without `teacher_train` the teacher is used as its factory builds it (e.g. a pretrained HF folder)."""
 
-from kd_pipeline.checkpoint import save_model
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.lm.common import train_lm
 
@@ -20,5 +19,4 @@ def outs(cfg: PipelineConfig):
 def run(cfg: PipelineConfig) -> None:
     if cfg.teacher_train is None:
         return
-    model = train_lm(cfg, cfg.teacher, cfg.teacher_train, NAME)
-    save_model(model, outs(cfg)[0], {"factory": cfg.teacher.factory, "kwargs": cfg.teacher.kwargs})
+    train_lm(cfg, cfg.teacher, cfg.teacher_train, NAME, outs(cfg)[0])

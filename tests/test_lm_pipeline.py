@@ -134,3 +134,25 @@ def test_sequence_only_options_refused_for_classification(tmp_path, key, value):
     p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run"))
     with pytest.raises(ConfigError, match=f"{key}: sequence pipelines only"):
         load_config(p, [f"{key}={value}"])
+
+
+def test_killed_lm_student_resumes_bit_for_bit(zygote, lm_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.killing import kill9, start_paused
+
+    src = load_config(lm_run)
+    over = {"cache.path": str(src.cache_path), "student_train.steps": 12, "student_train.checkpoint_every": 4}
+    ref = load_config(write_config(tmp_path / "ref.yaml", lm_config(tmp_path / "ref", **over)))
+    run_pipeline(ref, only=["lm_train_student"])  # never stopped
+    y = write_config(tmp_path / "p.yaml", lm_config(tmp_path / "run", **over))
+    cfg = load_config(y)
+    ckpt = cfg.out_dir / ".kd" / "ckpt" / "lm_train_student.safetensors"
+    kill9(start_paused(zygote, y, "checkpoint:lm_train_student:8", "lm_train_student", tmp_path))
+    assert ckpt.is_file() and not (cfg.out_dir / "student.safetensors").exists()
+    assert run_pipeline(cfg, only=["lm_train_student"]) == ["lm_train_student"]
+    got, want = load_file(str(cfg.out_dir / "student.safetensors")), load_file(str(ref.out_dir / "student.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].numpy().tobytes() == want[k].numpy().tobytes(), k
+    assert not ckpt.exists()
