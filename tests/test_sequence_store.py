@@ -112,3 +112,12 @@ def test_reader_refuses_bad_tokens_and_counts(tmp_path):
         store.check_block(0, bad)
     t = rows_from_arrays(block, store.manifest)
     assert (t["counts"].sum(1) == 16).all()
+
+
+def test_sampled_store_must_be_drawn_at_its_first_temperature():
+    from kd_pipeline.store.format import parse_manifest
+
+    raw = seq_manifest(320, [5, 3], targets="sampled", draws=8).model_dump(mode="json")
+    assert parse_manifest(raw, "s").sample_temperature == 1.0
+    with pytest.raises(StoreError, match=r"manifest.sample_temperature: 2.0 must equal temperatures\[0\] \(1.0\)"):
+        parse_manifest({**raw, "sample_temperature": 2.0}, "s")

@@ -170,6 +170,9 @@ def parse_manifest(raw, where: str) -> Manifest:
         raise StoreError(f"{where}: manifest.values_scheme: {m.values_scheme!r} does not go with values_dtype {m.values_dtype!r}")
     if m.targets == "sampled" and (m.sample_draws is None or m.sample_temperature is None):
         raise StoreError(f"{where}: manifest.sample_draws: sampled targets need sample_draws and sample_temperature")
+    if m.targets == "sampled" and m.sample_temperature != m.temperatures[0]:
+        # the sampled-KD importance weights use lse[:, 0] as the sampling law (losses.sampled_kl)
+        raise StoreError(f"{where}: manifest.sample_temperature: {m.sample_temperature} must equal temperatures[0] ({m.temperatures[0]})")
     for name in m.features:
         check_name(name, f"{where}: manifest.features")
     for s in m.dataset.splits:
