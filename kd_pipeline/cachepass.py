@@ -20,7 +20,6 @@ from .progress import progress
 from .store import CacheWriter
 from .targets import topk_targets
 
-_NP = {"float16": np.float16, "float32": np.float32, "int16": np.int16, "int32": np.int32}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,8 +56,9 @@ def _block_targets(teacher, x, writer: CacheWriter, feats: dict[str, str], batch
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def _to_numpy(block: dict[str, torch.Tensor], specs) -> dict[str, np.ndarray]:
-    return {k: v.to("cpu").numpy().astype(_NP[specs[k][1]], copy=False) for k, v in block.items()}  # no-op casts now
+def _to_numpy(block: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """One device->host copy per array; _block_targets already cast each to the store's dtype."""
+    return {k: v.to("cpu").numpy() for k, v in block.items()}
 
 
 def write_blocks(writer: CacheWriter, compute: Callable[[int, int], dict[str, np.ndarray]], shard: int = 0,
@@ -97,7 +97,7 @@ def run_teacher_pass(
 
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
         block = _block_targets(teacher, inputs[start:stop], writer, features, batch_size, device, dtype)
-        return _to_numpy(block, writer.specs)
+        return _to_numpy(block)
 
     return write_blocks(writer, compute, shard, num_shards)
 
