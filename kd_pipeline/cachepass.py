@@ -1,139 +1,180 @@
-"""The teacher pass: frozen teacher, run once over the cached rows, written block by block.
+"""The teacher pass: the frozen teacher, run once over the store's samples, written block by block.
 
-Per pending block (chunk_rows rows): forward in `batch_size` slices on the teacher's device, top-k and
-lse there, then one device->host copy of the block and a hand-off to a writer thread. The writer thread
-writes the block's chunks and its completion marker while the teacher computes the next block, so the
-pass runs at the teacher's speed (bench/teacher_pass.py measures the ratio).
+For each pending block (chunk_rows rows) the samples overlapping it (kd_pipeline/layout.py) are fetched by a
+DataLoader (`data.num_workers` processes; pinned memory on CUDA) in `cache.batch_size` batches, run through the
+teacher under `torch.inference_mode` in `cache.teacher_dtype`, turned into rows by the kind, and reduced on the
+teacher's device to the store's targets (top-k or sampled ids, relative values, lse) and features. Each block's
+arrays are copied to the host once (non-blocking, into pinned buffers on CUDA) and handed to a writer thread,
+which writes them, the block's samples.parquet rows and its completion marker while the teacher computes the
+next block. A block whose teacher output is not finite is refused before anything of it is written, naming
+the split and sample id: the store stays incomplete and resumable.
+
+Blocks are independent: a sample straddling two blocks (sequence stores) is run for both, so any subset of
+blocks can be computed by any process (resume; rank r of a torchrun pass takes blocks b % world == r).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from .data import SplitSamples, batch_loader, batches_of
+from .errors import DataError
 from .hooks import capture
+from .layout import Layout, Span
 from .progress import progress
-from .store import CacheWriter
-from .targets import topk_targets
+from .store import CacheWriter, Manifest
+from .store.format import indices_dtype
+from .store.values import encode_targets, to_host
+from .store.writer import span_table
+from .targets import teacher_rows
 
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@torch.no_grad()
-def probe_features(teacher: nn.Module, x: torch.Tensor, features: dict[str, str], device: torch.device, dtype: torch.dtype) -> dict[str, list[int]]:
-    """Per-row output shape of each feature module, from a forward on two rows."""
-    with capture(teacher, features, "cache.features") as out:
-        teacher(x[:2].to(device=device, dtype=dtype if x.is_floating_point() else x.dtype))
-    return {name: list(out[name].shape[1:]) for name in features}
-
-
-@torch.no_grad()
-def _block_targets(teacher, x, writer: CacheWriter, feats: dict[str, str], batch_size: int, device, dtype) -> dict[str, torch.Tensor]:
-    m = writer.manifest
-    # Cast each batch to the store's dtype on the device, before concatenating and copying to the host:
-    # half the bytes to move for float16, and torch's cast is ~10x faster than numpy's float32->float16.
-    to = {name: getattr(torch, dt) for name, (_, dt) in writer.specs.items()}
-    parts: dict[str, list[torch.Tensor]] = {}
-    with capture(teacher, feats, "cache.features") as out:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device, non_blocking=True)
-            if xb.is_floating_point():
-                xb = xb.to(dtype)
-            t = topk_targets(teacher(xb), m.top_k, tuple(m.temperatures))
-            got = {"topk_logits": t.values, "topk_indices": t.indices, "lse": t.lse}
-            got.update({f"features/{n}": out[n] for n in feats})
-            for k, v in got.items():
-                parts.setdefault(k, []).append(v.to(to[k]))
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def _to_numpy(block: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """One device->host copy per array; _block_targets already cast each to the store's dtype."""
-    return {k: v.to("cpu").numpy() for k, v in block.items()}
-
-
-def write_blocks(writer: CacheWriter, compute: Callable[[int, int], dict[str, np.ndarray]], shard: int = 0,
-                 num_shards: int = 1, desc: str = "cache_teacher: teacher pass") -> int:
-    """Writes this shard's pending blocks; compute(start, stop) -> the block's arrays (numpy, declared
-    dtypes). The writer thread writes block b while compute runs on block b+1. Returns rows written."""
-    pending = writer.pending_blocks(shard, num_shards)
-    rows = 0
-    inflight: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as pool, progress(desc, len(pending)) as advance:
-        for b in pending:
-            start, stop = writer.block_rows(b)
-            inflight.append(pool.submit(writer.write_block, b, compute(start, stop)))
-            while len(inflight) > 1:  # at most one block waiting behind the one being written
-                inflight.pop(0).result()
-            rows += stop - start
-            advance(1, stop - start)
-        for f in inflight:
-            f.result()
+def _forward(teacher: nn.Module, batch: dict, kind, features: dict[str, str], device, dtype, out: dict) -> dict[str, torch.Tensor]:
+    """One batch through the teacher -> row logits (n, C) float32 and feature rows, on the device."""
+    x = batch["x"].to(device, non_blocking=True)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    on_dev = {**batch, "x": x}
+    rows = {"logits": kind.rows(teacher(x), on_dev).float()}
+    for name in features:
+        rows[f"features/{name}"] = kind.rows(out[name], on_dev)
+    for name, a in kind.row_arrays(batch).items():
+        rows[name] = a.to(device)
     return rows
 
 
-def run_teacher_pass(
-    teacher: nn.Module,
-    inputs: torch.Tensor,
-    writer: CacheWriter,
-    features: dict[str, str],
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    shard: int = 0,
-    num_shards: int = 1,
-) -> int:
-    """inputs: (R, ...) rows in store order. Writes this shard's pending blocks; returns rows written."""
+def probe_features(teacher: nn.Module, samples: SplitSamples, kind, features: dict[str, str], device, dtype) -> dict[str, list[int]]:
+    """Per-row shape of each cached feature, from a forward on the first sample of the first split."""
+    batch = samples.head(1)
+    with torch.inference_mode(), capture(teacher, features, "cache.features") as out:
+        rows = _forward(teacher, batch, kind, features, device, dtype, out)
+    return {name: list(rows[f"features/{name}"].shape[1:]) for name in features}
+
+
+def _not_finite(logits: torch.Tensor, span: Span, offset: int, names: list[str]) -> str | None:
+    """A message naming the first sample whose teacher output has a non-finite value, else None."""
+    ok = torch.isfinite(logits).all(dim=1)
+    if bool(ok.all()):  # one sync per block
+        return None
+    row = int((~ok).nonzero()[0, 0]) + offset  # row within the span's rows
+    i = int(np.searchsorted(np.cumsum(span.num_rows), row, side="right"))
+    return f"split {names[int(span.split[i])]!r} sample {int(span.sample_id[i])}"
+
+
+def _host(block: dict[str, torch.Tensor], specs: dict) -> Callable[[], dict[str, np.ndarray]]:
+    """Starts the device->host copy of a block; the returned function waits for it (in the writer thread)."""
+    first = next(iter(block.values()))
+    if first.device.type != "cuda":
+        return lambda: to_host(block, specs)
+    pinned = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in block.items()}
+    for k, v in block.items():
+        pinned[k].copy_(v, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return lambda: (done.synchronize(), to_host(pinned, specs))[1]
+
+
+def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, samples: SplitSamples, kind,
+                 features: dict[str, str], batch_size: int, device: torch.device, dtype: torch.dtype,
+                 num_workers: int = 0, seed: int = 0, shard: int = 0, num_shards: int = 1) -> int:
+    """Writes this shard's pending blocks (b % num_shards == shard); returns the rows written.
+    Raises DataError naming split and sample if the teacher's output for it is not finite."""
+    m = writer.manifest
     teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    pending = writer.pending_blocks(shard, num_shards)
 
-    def compute(start: int, stop: int) -> dict[str, np.ndarray]:
-        block = _block_targets(teacher, inputs[start:stop], writer, features, batch_size, device, dtype)
-        return _to_numpy(block)
+    def keys():  # what the DataLoader fetches: every pending block's samples, in batches that never straddle blocks
+        for b in pending:
+            s = layout.overlapping(*writer.block_rows(b))
+            for a in range(0, len(s), batch_size):
+                yield s.split[a : a + batch_size], s.sample_id[a : a + batch_size]
 
-    return write_blocks(writer, compute, shard, num_shards)
+    batches = batches_of(batch_loader(samples, keys(), num_workers, pin_memory=device.type == "cuda"))
+    rows_written = 0
+    inflight: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending)) as advance, \
+            torch.inference_mode(), capture(teacher, features, "cache.features") as out:
+        for b in pending:
+            start, stop = writer.block_rows(b)
+            s = layout.overlapping(start, stop)
+            parts, labels = [], []
+            for _ in range(0, len(s), batch_size):
+                batch = next(batches)
+                parts.append(_forward(teacher, batch, kind, features, device, dtype, out))
+                labels.append(kind.sample_labels(batch))
+            rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            cut = slice(start - int(s.row0[0]), stop - int(s.row0[0]))
+            rows = {k: v[cut] for k, v in rows.items()}
+            bad = _not_finite(rows["logits"], s, cut.start, layout.names)
+            if bad:
+                raise DataError(f"cache_teacher: the teacher's output for {bad} is not finite (NaN or inf); block {b} "
+                                f"(rows {start}..{stop}) was not written. Fix that input (or the teacher) and rerun")
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)  # a resumed block draws the same
+            block = encode_targets(teacher_rows(rows.pop("logits"), m, gen), m)
+            block.update({k: v.to(getattr(torch, writer.specs[k][1])) for k, v in rows.items()})
+            table = span_table(layout.names, s.take(s.row0 >= start), _labels(labels, s, start))
+            fetch = _host(block, writer.specs)
+            inflight.append(pool.submit(lambda b=b, fetch=fetch, table=table: writer.write_block(b, fetch(), table)))
+            while len(inflight) > 1:  # at most one block waiting behind the one being written
+                inflight.pop(0).result()
+            rows_written += stop - start
+            advance(1, stop - start)
+        for f in inflight:
+            f.result()
+    return rows_written
 
 
-def build_manifest(cfg, splits: dict, teacher_sha256: str, feature_shapes: dict[str, list[int]]):
-    """The manifest for a classification store of `splits` (name -> (x, y)) in row order."""
-    from datetime import datetime, timezone
+def _labels(labels: list, s: Span, start: int) -> np.ndarray | None:
+    """Labels (n,) of the span's samples that start in the block, or None (sequence: no sample labels)."""
+    if labels[0] is None:
+        return None
+    return torch.cat(labels).numpy()[s.row0 >= start]
 
+
+def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feature_shapes: dict[str, list[int]]) -> Manifest:
+    """The manifest of the store `cfg` describes, for the data summary of the prepare_data stage."""
     from . import __version__
-    from .data import fingerprint
-    from .store import Manifest
-    from .store.format import indices_dtype
 
-    sizes = {name: len(x) for name, (x, _) in splits.items()}
-    c = cfg.cache
+    c, V = cfg.cache, cfg.data.num_classes
+    sampled = c.targets == "sampled"
+    sizes = {n: int(k) for n, k in zip(layout.names, layout.sizes)}
+    kwargs = dict(cfg.data.kwargs)
+    if cfg.kind == "sequence":
+        kwargs["context"] = cfg.sequence.context
+    feat_dtype = "float16" if c.values_dtype == "uint8" else c.values_dtype
     return Manifest(
         format="kd-cache",
         version=1,
-        kind="classification",
-        num_classes=cfg.data.num_classes,
-        top_k=c.top_k,
+        kind=cfg.kind,
+        num_classes=V,
+        top_k=min(c.draws, V) if sampled else c.top_k,
         temperatures=list(c.temperatures),
         values_dtype=c.values_dtype,
-        indices_dtype=indices_dtype(cfg.data.num_classes),
-        num_rows=sum(sizes.values()),
+        indices_dtype=indices_dtype(V),
+        values_scheme="q8" if c.values_dtype == "uint8" else "relative",
+        targets=c.targets,
+        sample_draws=c.draws if sampled else None,
+        sample_temperature=c.temperatures[0] if sampled else None,
+        num_rows=layout.num_rows,
         chunk_rows=c.chunk_rows,
+        row_order="interleaved",
         teacher={"factory": cfg.teacher.factory, "kwargs": dict(cfg.teacher.kwargs), "checkpoint_sha256": teacher_sha256},
         dataset={
             "factory": cfg.data.factory,
-            "kwargs": dict(cfg.data.kwargs),
+            "kwargs": kwargs,
             "splits": list(sizes),
             "split_sizes": sizes,
-            "num_samples": sum(sizes.values()),
-            "fingerprint": fingerprint(splits),
+            "num_samples": layout.num_samples,
+            "fingerprint": summary["fingerprint"],
+            "eval_split": cfg.data.test_split,
         },
-        features={n: {"shape": s, "dtype": c.values_dtype, "module": c.features[n]} for n, s in feature_shapes.items()},
+        features={n: {"shape": s, "dtype": feat_dtype, "module": c.features[n]} for n, s in feature_shapes.items()},
         complete=False,
         created_with=f"kd-pipeline {__version__}",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -38,3 +38,27 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Identity of a model's weights (for a teacher used as its factory builds it, with no checkpoint file)."""
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_teacher(cfg) -> tuple[nn.Module, str]:
+    """The trained teacher (<out>/teacher.safetensors), or without teacher_train the teacher as its factory
+    builds it (e.g. a pretrained Hugging Face folder), frozen. -> (teacher, sha256 identifying its weights)."""
+    from .models import build_model
+
+    teacher = build_model(cfg.teacher, cfg.data.num_classes, "teacher")
+    if cfg.teacher_train is None:
+        return teacher.eval().requires_grad_(False), weights_sha256(teacher)
+    path = cfg.out_dir / "teacher.safetensors"
+    load_model(teacher, path, "teacher")
+    return teacher.eval().requires_grad_(False), file_sha256(path)

@@ -56,3 +56,18 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def call_factory(spec: str, where: str, **kwargs) -> Any:
+    """Build a component: `spec` is "module:function". An exception raised in the user's own code becomes
+    one line naming the factory and its message (exit 2), not an unexpected error."""
+    from .errors import KDError
+
+    fn = resolve(spec, where)
+    try:
+        return fn(**kwargs)
+    except KDError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"{where}: {spec} raised {type(e).__name__}: {msg}") from e

@@ -29,12 +29,19 @@ class Component(Strict):
 
 
 class DataConfig(Component):
-    """factory(split=NAME, **kwargs) -> map-style Dataset of (input, label); label -1 = unlabelled."""
+    """classification: factory(split=NAME, **kwargs) -> map-style Dataset of (input, label), label -1 or None =
+    unlabelled. sequence: factory(split=NAME, **kwargs) -> the split's texts (kd_pipeline/lm/corpus.py)."""
 
     num_classes: int = Field(ge=2)
     train_split: str = "train"  # labelled: teacher, baseline, and the CE term of the student
     transfer_splits: list[str] = []  # unlabelled inputs only the teacher labels (KD term only)
-    test_split: str = "test"  # evaluation only; never cached, never trained on
+    # evaluation only: never trained on. The teacher pass stores its targets after the training rows (marked
+    # as such), so a store's receiver can evaluate against the teacher without it
+    test_split: str = "test"
+    val_split: Optional[str] = None  # held out: validation metrics (sequence: also the store's reconstruction KL)
+    # DataLoader worker processes that fetch samples for the teacher pass, the training stages and evaluation
+    # (0 = in the main process: fastest for small in-memory datasets on few cores)
+    num_workers: int = Field(0, ge=0)
 
 
 class TrainConfig(Strict):
@@ -44,24 +51,26 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(100, ge=1)  # steps between loss-curve points in <out>/logs/<stage>.jsonl
     checkpoint_every: int = Field(500, ge=0)  # steps between resumable checkpoints in <out>/.kd/ckpt/ (0 = none)
+    device: str = "auto"  # "auto" = this process's GPU when there is one, else cpu
 
 
 class CacheConfig(Strict):
     path: Optional[str] = None  # default <out>/cache
     top_k: int  # 1..num_classes, checked against data.num_classes
     temperatures: list[float] = [1.0]  # lse is stored for each; students may only use these
-    # float16/float32; uint8 = 8-bit per-row quantisation of values relative to the row's top logit
-    # (sequence pipelines only; scheme in docs/store-format-sequence.md)
+    # values are stored relative to each row's top logit (docs/store-format.md "Values"), as float16/float32,
+    # or uint8 = 8-bit per-row quantisation of them
     values_dtype: Literal["float16", "float32", "uint8"] = "float16"
     # topk: the k largest logits + exact tail (lse). sampled: `draws` ids drawn per row from the teacher at
-    # temperatures[0], stored once each with their counts (random-sampling KD; sequence pipelines only)
+    # temperatures[0], stored once each with their counts (random-sampling KD; sequence stores only)
     targets: Literal["topk", "sampled"] = "topk"
     draws: int = Field(64, ge=1, le=65535)  # m, for targets: sampled; the stored width is min(m, vocab)
     features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)
     chunk_rows: int = Field(4096, ge=1)  # rows per chunk = rows per write block
     batch_size: int = Field(1024, ge=1)  # teacher forward batch
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+    # the teacher's weights and activations in the pass; top-k and logsumexp are always taken in float32
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @field_validator("temperatures")
     @classmethod
@@ -97,7 +106,6 @@ class SequenceConfig(Strict):
     """Keys of the sequence (language-model) pipeline; data.num_classes is the vocabulary size there."""
 
     context: int = Field(128, ge=2)  # tokens per sample: the teacher's and the student's context
-    val_split: str = "val"  # held out: reconstruction KL at cache time, validation metrics
     recon_tokens: int = Field(8192, ge=0)  # val tokens whose full logits measure the store's reconstruction KL
     eval_tokens: int = Field(65536, ge=1)  # val and test tokens evaluated per model
 
@@ -105,8 +113,9 @@ class SequenceConfig(Strict):
 class PipelineConfig(Strict):
     out: str  # run folder (relative to the working directory)
     seed: int = 0
-    # which stage list runs (kd_pipeline/runner.py): classification, or sequence = the LM track
-    pipeline: Literal["classification", "sequence"] = "classification"
+    # what a sample is: classification = one input, one store row; sequence = a window of token ids, one store
+    # row per token (the LM track). The stages are the same; kind picks the parts in kd_pipeline/kinds.py
+    kind: Literal["classification", "sequence"] = "classification"
     data: DataConfig
     teacher: Component
     student: Component
@@ -127,7 +136,13 @@ class PipelineConfig(Strict):
 
     @property
     def cached_splits(self) -> list[str]:
+        """The splits whose rows the student trains on, in the order the store interleaves them."""
         return [self.data.train_split, *self.data.transfer_splits]
+
+    @property
+    def data_splits(self) -> list[str]:
+        """Every split the pipeline reads: cached, validation, test."""
+        return [*self.cached_splits, *([self.data.val_split] if self.data.val_split else []), self.data.test_split]
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -178,6 +193,8 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
         raise ConfigError(f"{file}: {where}invalid YAML ({getattr(e, 'problem', e)})") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: top level must be a mapping")
+    if "pipeline" in raw:
+        raise ConfigError(f"{file}: pipeline: renamed to `kind` (classification | sequence) in kd-pipeline 0.2")
     overrides: dict[str, str] = {}
     for item in sets:
         if "=" not in item:
@@ -200,15 +217,17 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
 def _check(cfg: PipelineConfig, src) -> None:
     """Checks that span sections, and factories that must import and bind."""
     n = cfg.data.num_classes
-    if cfg.pipeline == "classification":
-        for p, bad in (("teacher_train", cfg.teacher_train is None), ("cache.targets", cfg.cache.targets != "topk"),
-                       ("cache.values_dtype", cfg.cache.values_dtype == "uint8")):
+    if cfg.kind == "classification":
+        for p, bad in (("teacher_train", cfg.teacher_train is None), ("cache.targets", cfg.cache.targets != "topk")):
             if bad:
-                raise ConfigError(f"{src(p)}: {p}: {'required' if p == 'teacher_train' else 'sequence pipelines only'} for pipeline: classification")
+                raise ConfigError(f"{src(p)}: {p}: {'required' if p == 'teacher_train' else 'sequence stores only'} for kind: classification")
+    elif cfg.sequence.recon_tokens and not cfg.data.val_split:
+        p = "data.val_split"
+        raise ConfigError(f"{src(p)}: {p}: required for kind: sequence (held-out tokens for the reconstruction KL), or set sequence.recon_tokens: 0")
     if not 1 <= cfg.cache.top_k <= n:
         p = "cache.top_k"
         raise ConfigError(f"{src(p)}: {p}: must be between 1 and num_classes ({n}), got {cfg.cache.top_k}")
-    splits = cfg.cached_splits + [cfg.data.test_split]
+    splits = cfg.data_splits
     if len(set(splits)) != len(splits):
         raise ConfigError(f"{src('data')}: data: split names must be distinct, got {splits}")
     for name in cfg.cache.features:

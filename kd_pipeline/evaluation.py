@@ -1,49 +1,81 @@
-"""Evaluation: accuracy, size, CPU latency, agreement with the teacher; metrics.json and report.md + PNG."""
+"""Evaluation, the same for both kinds: every model over a split's rows, streamed, -> metrics.json, report.
+
+Per model and split, over the rows with a label: accuracy (top-1 = label; next-token accuracy for a sequence),
+cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the first
+model (the teacher). Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .training import predict
+from .data import SplitSamples, batch_loader, batches_of, sequential_keys
 
 
 @torch.no_grad()
 def latency_per_sample_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
-    """Median wall time of a batch-1 forward on CPU, in ms (after 10 warm-up calls)."""
+    """Median wall time of a batch-1 forward on CPU, in ms (after 10 warm-up calls). x: (1, ...) one sample."""
     model = model.eval().cpu()
-    xs = [x[i % len(x) : i % len(x) + 1] for i in range(runs + 10)]
-    for xb in xs[:10]:
-        model(xb)
+    for _ in range(10):
+        model(x)
     times = []
-    for xb in xs[10:]:
+    for _ in range(runs):
         t0 = time.perf_counter()
-        model(xb)
+        model(x)
         times.append(time.perf_counter() - t0)
     times.sort()
     return 1000.0 * times[len(times) // 2]
 
 
-def evaluate_models(models: dict[str, tuple[nn.Module, Path]], x: torch.Tensor, y: torch.Tensor, latency_runs: int, batch_size: int) -> dict:
-    """models: name -> (model, checkpoint); the first is the reference ("teacher") for agreement."""
-    preds = {name: predict(m, x, batch_size).argmax(1) for name, (m, _) in models.items()}
-    ref = preds[next(iter(models))]
+@torch.no_grad()
+def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: int, limit: int, batch_size: int,
+                  num_workers: int = 0, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
+    """models: name -> model, the first the reference for agreement. The first `limit` samples of `split`.
+    -> name -> {accuracy, cross_entropy, perplexity, agreement_with_teacher, rows, labelled_rows}."""
+    kind = samples.kind
+    for m in models.values():
+        m.eval().to(device)
+    acc = {n: np.zeros(4) for n in models}  # correct, ce sum, agreeing rows, rows
+    labelled = 0
+    keys = sequential_keys([limit], [0], batch_size)
+    keys = ((np.full(len(i), split, np.int64), i) for _, i in keys)
+    for batch in batches_of(batch_loader(samples, keys, num_workers)):
+        x = batch["x"].to(device)
+        y = kind.row_labels(batch).to(device)
+        lab = y >= 0
+        labelled += int(lab.sum())
+        ref = None
+        for name, m in models.items():
+            rows = kind.rows(m(x), {**batch, "mask": batch.get("mask", torch.ones(0)).to(device)} if "mask" in batch else batch).float()
+            top1 = rows.argmax(1)
+            ref = top1 if ref is None else ref
+            a = acc[name]
+            a[0] += int((top1[lab] == y[lab]).sum())
+            a[1] += float(F.cross_entropy(rows[lab], y[lab], reduction="sum")) if lab.any() else 0.0
+            a[2] += int((top1 == ref).sum())
+            a[3] += len(rows)
     out = {}
-    for name, (m, ckpt) in models.items():
-        p = preds[name]
-        out[name] = {
-            "accuracy": float((p == y).float().mean()),
-            "parameters": int(sum(t.numel() for t in m.parameters())),
-            "bytes_on_disk": ckpt.stat().st_size,
-            "latency_ms_per_sample_cpu": latency_per_sample_ms(m, x, latency_runs),
-            "agreement_with_teacher": float((p == ref).float().mean()),
-        }
-    out["test_samples"] = len(y)
+    for name, (correct, ce, agree, rows) in acc.items():
+        ce_mean = ce / max(labelled, 1)
+        out[name] = {"accuracy": correct / max(labelled, 1), "cross_entropy": ce_mean, "perplexity": math.exp(min(ce_mean, 700.0)),
+                     "agreement_with_teacher": agree / max(rows, 1), "rows": int(rows), "labelled_rows": labelled}
     return out
+
+
+def model_facts(model: nn.Module, ckpt: Path | None, sample_x: torch.Tensor, latency_runs: int) -> dict:
+    return {
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "bytes_on_disk": ckpt.stat().st_size if ckpt is not None and ckpt.is_file() else None,
+        "latency_ms_per_sample_cpu": latency_per_sample_ms(model, sample_x, latency_runs),
+    }
 
 
 def read_curve(path: Path) -> list[dict]:
@@ -53,20 +85,22 @@ def read_curve(path: Path) -> list[dict]:
 
 
 def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) -> Path:
-    """report.md with one PNG: accuracy vs parameters, and training loss curves."""
+    """report.md with one PNG: accuracy vs parameters on the test split, and training loss curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in metrics if isinstance(metrics[n], dict)]
+    test = metrics["test_split"]
+    names = list(metrics["models"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for n in names:
-        a1.scatter(metrics[n]["parameters"], 100 * metrics[n]["accuracy"], s=60)
-        a1.annotate(n, (metrics[n]["parameters"], 100 * metrics[n]["accuracy"]), textcoords="offset points", xytext=(6, 4))
+        r = metrics["models"][n]
+        a1.scatter(r["parameters"], 100 * r[test]["accuracy"], s=60)
+        a1.annotate(n, (r["parameters"], 100 * r[test]["accuracy"]), textcoords="offset points", xytext=(6, 4))
     a1.set_xscale("log")
     a1.set_xlabel("parameters")
-    a1.set_ylabel("test accuracy (%)")
+    a1.set_ylabel(f"{test} accuracy (%)")
     a1.set_title("accuracy vs size")
     a1.grid(alpha=0.3)
     for n, curve in curves.items():
@@ -83,20 +117,15 @@ def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) ->
     fig.savefig(png, dpi=100)
     plt.close(fig)
 
-    lines = [
-        "# kd-pipeline report",
-        "",
-        f"Test split: {metrics['test_samples']} samples.",
-        "",
-        "| model | accuracy | parameters | bytes on disk | CPU latency / sample (ms) | agreement with teacher |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["# kd-pipeline report", "", f"Kind: {metrics['kind']}. Splits: " + ", ".join(f"{s} ({n:,} rows)" for s, n in metrics["rows"].items()) + ".", "",
+             "| model | split | accuracy | cross-entropy | perplexity | agreement with teacher | parameters | bytes on disk | CPU latency / sample (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
-        r = metrics[n]
-        lines.append(
-            f"| {n} | {100 * r['accuracy']:.2f}% | {r['parameters']:,} | {r['bytes_on_disk']:,} | "
-            f"{r['latency_ms_per_sample_cpu']:.3f} | {100 * r['agreement_with_teacher']:.1f}% |"
-        )
+        r = metrics["models"][n]
+        for s in metrics["rows"]:
+            v = r[s]
+            lines.append(f"| {n} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.1f} | "
+                         f"{100 * v['agreement_with_teacher']:.1f}% | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
     lines += ["", "![accuracy vs parameters and training curves](report.png)", ""]
     md = out_dir / "report.md"
     md.write_text("\n".join(lines))

@@ -1,4 +1,4 @@
-"""Hard-label training on the labelled split: the teacher's recipe and the baseline student's."""
+"""Hard-label training on the labelled split: the teacher's recipe and the baseline student's, both kinds."""
 
 from __future__ import annotations
 
@@ -6,21 +6,33 @@ from pathlib import Path
 
 from .checkpoint import save_model
 from .config import Component, PipelineConfig, TrainConfig
-from .data import load_splits
-from .distill import ce_step
-from .models import build_model
-from .training import fit, random_batches, seed_everything, stage_checkpoint
+from .distributed import Dist, device_for
+from .models import build_model, check_output
+from .objectives import HardLabels
+from .prepare import open_samples
+from .stream import shuffled_batches
+from .training import fit, per_rank, seed_everything, stage_checkpoint
 
 
-def train_hard_labels(cfg: PipelineConfig, component: Component, train: TrainConfig, name: str, ckpt: Path) -> None:
-    """Trains component's model with CE on data.train_split; writes ckpt and <out>/logs/<name>.jsonl."""
+def train_hard_labels(cfg: PipelineConfig, component: Component, train: TrainConfig, name: str, ckpt: Path,
+                      where: str, dist: Dist = Dist()) -> None:
+    """Trains component's model with CE on data.train_split's labelled samples (for a sequence: next-token CE);
+    writes ckpt and <out>/logs/<name>.jsonl. where: the config section ("teacher", "student")."""
     seed_everything(cfg.seed)
-    x, y = load_splits(cfg.data, [cfg.data.train_split])[cfg.data.train_split]
-    labelled = y >= 0  # a user's "train" split may hold unlabelled samples: CE needs labels
-    x, y = x[labelled], y[labelled]
-    model = build_model(component, cfg.data.num_classes).train()
-    batches = random_batches(x, y, train.batch_size, cfg.seed)
-    resume = stage_checkpoint(cfg, name, train, {"model": model}, cfg.seed, cfg.data.model_dump(mode="json"), component.model_dump(mode="json"))
-    fit(model.parameters(), batches, ce_step(model), train, name, cfg.out_dir / "logs" / f"{name}.jsonl", resume)
-    save_model(model, ckpt, {"factory": component.factory, "kwargs": component.kwargs})
-    resume.remove()
+    samples = open_samples(cfg, [cfg.data.train_split])
+    model = build_model(component, cfg.data.num_classes, where)
+    check_output(model, samples.head(), samples.kind, cfg.data.num_classes, where)
+    bs = per_rank(train.batch_size, dist, f"{where}_train")
+
+    def batches(skip: int):
+        return shuffled_batches(samples, 0, bs, cfg.seed, dist, cfg.data.num_workers, skip)
+
+    d = cfg.model_dump(mode="json")
+    resume = stage_checkpoint(cfg, name, train, {"model": model}, cfg.seed, d["kind"], d["data"], d["sequence"],
+                              component.model_dump(mode="json"), dist.world)
+    device = device_for(dist, train.device)
+    fit(HardLabels(model.train(), samples.kind), batches, train, name, cfg.out_dir / "logs" / f"{name}.jsonl", resume, dist, device)
+    if dist.is_main:
+        save_model(model.cpu(), ckpt, {"factory": component.factory, "kwargs": component.kwargs})
+    resume.remove(dist)
+

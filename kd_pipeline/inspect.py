@@ -19,15 +19,9 @@ def describe(path: Path) -> dict:
         per_row = int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize
         arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "bytes_per_row": per_row}
     # per row (= per token in a sequence store); the input tokens and features are not targets
-    target_bytes = sum(v["bytes_per_row"] for k, v in arrays.items() if not k.startswith("features/") and k != "tokens")
+    target_bytes = m.target_bytes_per_row()
     full = 4 * m.num_classes  # full fp32 logits per row
-    splits = {}
-    if m.complete and store.samples.num_rows:
-        s = store.samples["split"].to_numpy(zero_copy_only=False)
-        lab = store.samples["label"]
-        for name in m.dataset.splits:
-            sel = s == name
-            splits[name] = {"samples": int(sel.sum()), "labelled": int((~np.asarray(lab.is_null())[sel]).sum())}
+    splits = dict(store.samples.stats) if store.samples is not None else {}
     store.close()
     return {
         "path": str(path),

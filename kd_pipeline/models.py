@@ -39,14 +39,39 @@ def mlp(num_classes: int, in_features: int = 40, hidden: tuple[int, ...] = (100,
     return Classifier(nn.Sequential(*layers), nn.Linear(d, num_classes))
 
 
-def build_model(component, num_classes: int) -> nn.Module:
-    from .components import accepts, resolve
+def build_model(component, num_classes: int, where: str = "model") -> nn.Module:
+    """The model a component builds; `num_classes` is passed if the factory takes it. where: the config key
+    ("teacher", "student") that errors name. Raises ConfigError if the factory raises or returns no Module."""
+    from .components import accepts, call_factory, resolve
+    from .errors import ConfigError
 
-    fn = resolve(component.factory, "factory")
     kwargs = dict(component.kwargs)
-    if accepts(fn, "num_classes"):
+    if accepts(resolve(component.factory, f"{where}.factory"), "num_classes"):
         kwargs["num_classes"] = num_classes
-    model = fn(**kwargs)
+    model = call_factory(component.factory, f"{where}.factory", **kwargs)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{component.factory} returned {type(model).__name__}, not an nn.Module")
+        raise ConfigError(f"{where}.factory: {component.factory} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+@torch.no_grad()
+def check_output(model: nn.Module, batch: dict, kind, num_classes: int, where: str) -> None:
+    """One forward on a sample batch: the model runs, and its rows have num_classes logits. A model with 14
+    outputs for 10 classes would otherwise train silently with mass on classes that do not exist."""
+    from .errors import ConfigError
+
+    was = model.training
+    model.eval()
+    try:
+        out = model(batch["x"])
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"{where}: the model raised {type(e).__name__} on a batch of the data: {msg}") from e
+    finally:
+        model.train(was)
+    if not torch.is_tensor(out):
+        raise ConfigError(f"{where}: the model returned {type(out).__name__}, expected a tensor of logits")
+    rows = kind.rows(out, batch)
+    if rows.dim() != 2 or rows.shape[1] != num_classes:
+        raise ConfigError(f"{where}: the model's output has shape {tuple(out.shape)}: {rows.shape[-1]} logits per row, "
+                          f"data.num_classes is {num_classes}")

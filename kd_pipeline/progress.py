@@ -22,8 +22,12 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress(desc: str, total: int, unit: str = "rows") -> Iterator[Callable[[int, int], None]]:
-    """Yields advance(steps, rows): `total` counts steps; the rate column counts rows."""
+def progress(desc: str, total: int, unit: str = "rows", enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """Yields advance(steps, rows): `total` counts steps; the rate column counts rows. enabled=False (ranks
+    other than 0 under torchrun): nothing is shown."""
+    if not enabled:
+        yield lambda steps=1, n_rows=0: None
+        return
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*cols, transient=False) as p:
         task = p.add_task(desc, total=total, rows=0)

@@ -2,9 +2,11 @@
 
 `<out>/.kd/ckpt/<stage>.safetensors` (no pickle) holds, as tensors: every trained parameter (`param.<i>`, in
 the order given to the optimizer), every module buffer (`buffer.<module>.<name>`), the optimizer state
-(`opt.<i>.<key>`, e.g. Adam's step/exp_avg/exp_avg_sq), the torch RNG state (`rng.torch`); as metadata: the
-step, the loss-curve points so far and the partial averages, and an identity (hash of the stage's config and
-inputs). A checkpoint with another identity is ignored, so changed parameters never resume a stale run.
+(`opt.<i>.<key>`, e.g. Adam's step/exp_avg/exp_avg_sq), the torch RNG state of every rank (`rng.torch.<rank>`);
+as metadata: the step, the loss-curve points so far and the partial averages, and an identity (hash of the
+stage's config, inputs and number of processes). A checkpoint with another identity is ignored, so changed
+parameters never resume a stale run. Under torchrun rank 0 writes it (parameters and optimizer state are the
+same on every rank after each DDP step; the RNG states are gathered) and every rank reads it.
 
 Batches are not saved: the batch iterators are deterministic given the seed, so on resume the first `step`
 batches are drawn again and dropped (no forward pass; a few ms per thousand steps here), which leaves them,
@@ -39,19 +41,22 @@ class TrainCheckpoint:
     def due(self, step: int, last: int) -> bool:
         return self.every > 0 and step % self.every == 0 and step < last
 
-    def save(self, step: int, params: list[torch.Tensor], opt: torch.optim.Optimizer, state: dict) -> None:
+    def save(self, step: int, params: list[torch.Tensor], opt: torch.optim.Optimizer, state: dict, dist=None) -> None:
+        rngs = _gather_rng(dist)
+        if dist is not None and not dist.is_main:
+            return
         t = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
         for m, mod in self.modules.items():
             t.update({f"buffer.{m}.{n}": b.detach().cpu().contiguous() for n, b in mod.named_buffers()})
         for i, p in enumerate(params):
             for k, v in opt.state.get(p, {}).items():
                 t[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-        t["rng.torch"] = torch.get_rng_state()
+        t.update({f"rng.torch.{r}": g for r, g in enumerate(rngs)})
         meta = {"identity": self.ident, "step": str(step), "state": json.dumps(state)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, save(t, metadata=meta))
 
-    def restore(self, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> tuple[int, dict] | None:
+    def restore(self, params: list[torch.Tensor], opt: torch.optim.Optimizer, dist=None) -> tuple[int, dict] | None:
         """Loads a matching checkpoint into params/buffers/optimizer/RNG; -> (step, state) or None."""
         if not self.path.is_file():
             return None
@@ -77,8 +82,25 @@ class TrainCheckpoint:
                 _, i, k = key.split(".", 2)
                 sd["state"].setdefault(int(i), {})[k] = v
         opt.load_state_dict(sd)
-        torch.set_rng_state(t["rng.torch"])
+        torch.set_rng_state(t[f"rng.torch.{dist.rank if dist is not None else 0}"])
         return int(meta["step"]), json.loads(meta["state"])
 
-    def remove(self) -> None:
+    def remove(self, dist=None) -> None:
+        if dist is not None:
+            dist.barrier()  # every rank has read it before it goes
+            if not dist.is_main:
+                return
         self.path.unlink(missing_ok=True)
+
+
+def _gather_rng(dist) -> list[torch.Tensor]:
+    """Every rank's torch RNG state, in rank order (a collective: all ranks call it)."""
+    mine = torch.get_rng_state()
+    if dist is None or not dist.active:
+        return [mine]
+    import torch.distributed as td
+
+    dev = f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"
+    out = [torch.empty_like(mine, device=dev) for _ in range(dist.world)]
+    td.all_gather(out, mine.to(dev))
+    return [o.cpu() for o in out]

@@ -1,7 +1,8 @@
 """Running the pipeline DVC-style: a stage runs only when its params, its inputs or its outputs changed.
 
 Stages are modules named by import path (data, not imports: the library never imports `stages`). Each stage
-module declares NAME, PARAMS (top-level config keys it reads), deps(cfg) and outs(cfg) (paths), run(cfg).
+module declares NAME, PARAMS (top-level config keys it reads), deps(cfg) and outs(cfg) (paths), EVERY_RANK
+(whether every torchrun process runs it, or rank 0 alone while the others wait) and run(cfg, dist).
 After a successful run the runner writes `<out>/.kd/stamps/<NAME>.json` with the hashes of those three; the
 next `kd run` skips the stage if all still match. A student parameter therefore re-runs only the student
 stages and evaluation: the teacher pass depends on data, teacher, cache and the teacher checkpoint only.
@@ -20,31 +21,23 @@ from rich.console import Console
 
 from .checkpoint import file_sha256
 from .config import PipelineConfig
+from .distributed import Dist
 from .errors import ConfigError
 
-PIPELINE_STAGES = {  # config key `pipeline` -> its stages, in order
-    "classification": (
-        "stages.train_teacher",
-        "stages.cache_teacher",
-        "stages.train_student",
-        "stages.train_baseline",
-        "stages.evaluate",
-    ),
-    "sequence": (
-        "stages.lm_prepare",
-        "stages.lm_train_teacher",
-        "stages.lm_cache_teacher",
-        "stages.lm_train_student",
-        "stages.lm_train_baseline",
-        "stages.lm_evaluate",
-    ),
-}
+STAGES = (  # every pipeline's stages, in order, for both kinds (what differs is in kd_pipeline/kinds.py)
+    "stages.prepare_data",
+    "stages.train_teacher",
+    "stages.cache_teacher",
+    "stages.train_student",
+    "stages.train_baseline",
+    "stages.evaluate",
+)
 
 console = Console(stderr=True)
 
 
-def load_stages(pipeline: str = "classification") -> list[ModuleType]:
-    return [importlib.import_module(m) for m in PIPELINE_STAGES[pipeline]]
+def load_stages() -> list[ModuleType]:
+    return [importlib.import_module(m) for m in STAGES]
 
 
 def path_digest(p: Path) -> str | None:
@@ -111,29 +104,40 @@ def is_fresh(cfg: PipelineConfig, stage: ModuleType) -> bool:
     return None not in outs.values() and outs == stamp.get("outs")
 
 
-def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False) -> list[str]:
-    """Runs the stages in order (only those named in `only`, if given); returns the names that ran."""
-    stages = load_stages(cfg.pipeline)
+def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False, dist: Dist | None = None) -> list[str]:
+    """Runs the stages in order (only those named in `only`, if given); returns the names that ran.
+    Under torchrun (RANK/WORLD_SIZE in the environment) every process calls this: rank 0 decides what is
+    fresh and writes the stamps; see kd_pipeline/distributed.py for who runs what."""
+    stages = load_stages()
     names = [s.NAME for s in stages]
     for n in only:
         if n not in names:
             raise ConfigError(f"--stage {n}: no such stage (stages: {', '.join(names)})")
+    dist = dist or Dist.from_env(cfg.cache.device)
     ran = []
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages:
         if only and stage.NAME not in only:
             continue
-        if not force and is_fresh(cfg, stage):
-            console.print(f"[dim]{stage.NAME}: up to date, skipped[/dim]")
+        if dist.decide(not force and dist.is_main and is_fresh(cfg, stage)):
+            if dist.is_main:
+                console.print(f"[dim]{stage.NAME}: up to date, skipped[/dim]")
             continue
-        console.print(f"[bold]{stage.NAME}[/bold]")
+        if dist.is_main:
+            console.print(f"[bold]{stage.NAME}[/bold]")
         t0 = time.perf_counter()
-        state = _state(cfg, stage)  # deps hashed before the run: what it was run on
-        stage.run(cfg)
-        state["outs"] = {str(p): path_digest(p) for p in stage.outs(cfg)}
-        sp = _stamp_path(cfg, stage.NAME)
-        sp.parent.mkdir(parents=True, exist_ok=True)
-        sp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        console.print(f"[green]{stage.NAME}: done in {time.perf_counter() - t0:.1f} s[/green]")
+        state = _state(cfg, stage) if dist.is_main else None  # deps hashed before the run: what it was run on
+        if stage.EVERY_RANK:
+            stage.run(cfg, dist)
+        else:
+            dist.together(lambda: stage.run(cfg, dist) if dist.is_main else None)
+        dist.barrier()
+        if dist.is_main:
+            state["outs"] = {str(p): path_digest(p) for p in stage.outs(cfg)}
+            sp = _stamp_path(cfg, stage.NAME)
+            sp.parent.mkdir(parents=True, exist_ok=True)
+            sp.write_text(json.dumps(state, indent=1, sort_keys=True))
+            console.print(f"[green]{stage.NAME}: done in {time.perf_counter() - t0:.1f} s[/green]")
         ran.append(stage.NAME)
     return ran

@@ -1,67 +1,199 @@
-"""Streaming a store for training: shuffled whole blocks, never one read per sample.
+"""What the training stages draw, for both kinds: store blocks for the student, dataset samples for hard labels.
 
-Each pass permutes the block order; `window` consecutive blocks of that order are read (one chunk read per
-array, concurrently), their rows are shuffled together, and cut into batches. The next window is read in a
-background thread while the current one trains. Rows left over at the end of a window are carried into the
-next, so every row is seen once per pass and batches are always full.
+Student (`student_batches`): each pass permutes the store's training blocks (blocks holding only evaluation
+rows are never read); rank r of a torchrun group takes every world-th of that order. `window` blocks are
+read at a time in a background thread (whole chunks, checked with `CacheStore.check_block`), together with
+the samples that start in them (samples.parquet, by row group); those samples are shuffled together and cut
+into batches of `batch_size` samples; left-overs carry into the next window, so every sample is seen once per
+pass and batches are full. A batch's targets come from the window's arrays (read once per block). Its inputs
+come from the store too for a sequence (the tokens), or, for classification, from the dataset by sample id:
+the batch's (split, sample id) go to a DataLoader whose workers fetch them (`data.num_workers`), while the
+targets wait in a queue in the same order.
+
+Hard labels (`shuffled_batches`): a fresh seeded permutation of the split per epoch, rank r taking every
+world-th sample, fetched by the same DataLoader path.
+
+Both are functions of the seed alone, so a resumed run skips `skip` batches and continues exactly where the
+checkpoint was (no batch is fetched for the skipped ones).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from queue import Queue
 from typing import Iterator, TypeVar
 
 import numpy as np
+import torch
 
+from .data import SplitSamples, batch_loader, batches_of
+from .distributed import Dist
+from .kinds import pad_batch
 from .store import CacheStore
+from .targets import targets_from_arrays
 
 T = TypeVar("T")
+UNIT_KEYS = ("split", "sample_id", "label", "start", "num_rows")  # per sample of a window; start = its first row in the window
 
 
 class BlockStream:
-    def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, check: bool = True):
-        self.store = store
-        self.batch_size = batch_size
-        self.window = window
-        # Two generators: the reader thread draws block orders, the consumer row orders. One shared generator
+    """The student's draw order over a store: windows of shuffled blocks -> batches of samples (numpy)."""
+
+    def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, rank: int = 0,
+                 world: int = 1, check: bool = True):
+        self.store, self.batch_size, self.window, self.check = store, batch_size, window, check
+        self.rank, self.world = rank, world
+        m = store.manifest
+        self.exclude = m.dataset.splits.index(m.dataset.eval_split) if m.dataset.eval_split else -1
+        self.blocks = np.flatnonzero(store.samples.train_blocks)  # blocks where some training sample starts
+        # Two generators: the reader thread draws block orders, the consumer sample orders. One shared generator
         # would make the batch sequence depend on thread timing; two keep it a function of the seed (resume).
         self.block_rng, self.row_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-        self.check = check
-
-    def _read_window(self, blocks: list[int]) -> dict[str, np.ndarray]:
-        parts = []
-        for b in blocks:
-            block = self.store.read_block(b)
-            if self.check:
-                self.store.check_block(b, block)
-            start, stop = self.store.block_rows(b)
-            block["row"] = np.arange(start, stop, dtype=np.int64)
-            parts.append(block)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _windows(self) -> Iterator[list[int]]:
         while True:
-            order = self.block_rng.permutation(self.store.num_blocks).tolist()
-            for i in range(0, len(order), self.window):
-                yield order[i : i + self.window]
+            mine = self.block_rng.permutation(self.blocks)[self.rank :: self.world].tolist()
+            for i in range(0, len(mine), self.window):
+                yield mine[i : i + self.window]
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        """Infinite: yields dicts of arrays with `batch_size` rows (keys: arrays + "row")."""
-        if self.store.manifest.num_rows == 0:
+    def _read(self, blocks: list[int]) -> tuple[dict, dict]:
+        """-> (rows: array name -> (n, ...) for the rows the window's samples cover, units: UNIT_KEYS -> (u,))."""
+        C = self.store.manifest.chunk_rows
+        cache: dict[int, dict[str, np.ndarray]] = {}
+
+        def block(bb: int) -> dict[str, np.ndarray]:
+            if bb not in cache:
+                cache[bb] = self.store.read_block(bb)
+                if self.check:
+                    self.store.check_block(bb, cache[bb])
+            return cache[bb]
+
+        rows, units, n = [], [], 0
+        for b in blocks:
+            start, stop = self.store.block_rows(b)
+            s = self.store.samples.block(start, stop)
+            keep = s["split"] != self.exclude
+            s = {k: v[keep] for k, v in s.items()}
+            if not len(s["row"]):
+                continue
+            r0, r1 = int(s["row"][0]), int(s["row"][-1] + s["num_rows"][-1])
+            span = range(r0 // C, (r1 - 1) // C + 1)  # a sample may run into the next block(s)
+            arrays = {k: np.concatenate([block(bb)[k] for bb in span]) for k in block(span[0])}
+            rows.append({k: v[r0 - span[0] * C : r1 - span[0] * C] for k, v in arrays.items()})
+            units.append({"split": s["split"], "sample_id": s["sample_id"], "label": s["label"],
+                          "start": s["row"] - r0 + n, "num_rows": s["num_rows"]})
+            n += r1 - r0
+        if not rows:
+            return {}, {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
+        return _cat(rows), _cat(units)
+
+    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+        """Infinite: (rows, units) of `batch_size` samples; rows hold exactly the samples' rows, in order."""
+        if not len(self.blocks):
             return
-        carry: dict[str, np.ndarray] | None = None
-        for item in background(self._read_window(blocks) for blocks in self._windows()):
+        carry = None
+        for rows, units in background(self._read(w) for w in self._windows()):
             if carry is not None:
-                item = {k: np.concatenate([carry[k], item[k]]) for k in item}
-            perm = self.row_rng.permutation(len(item["row"]))
-            # One shuffled copy per window, then batches are views (same rows, same order as gathering
-            # perm[i:i+B] per batch, but one vectorised gather per array instead of one per batch).
-            item = {k: v[perm] for k, v in item.items()}
-            n_full = len(perm) // self.batch_size * self.batch_size
-            for i in range(0, n_full, self.batch_size):
-                yield {k: v[i : i + self.batch_size] for k, v in item.items()}
-            carry = {k: v[n_full:] for k, v in item.items()} if n_full < len(perm) else None
+                rows, units = _merge(carry, (rows, units))
+            n = len(units["split"])
+            perm = self.row_rng.permutation(n)
+            full = n // self.batch_size * self.batch_size
+            for i in range(0, full, self.batch_size):
+                yield _subset(rows, units, perm[i : i + self.batch_size])
+            carry = _subset(rows, units, perm[full:]) if full < n else None
+
+
+def _cat(parts: list[dict]) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _row_index(units: dict, sel: np.ndarray) -> np.ndarray:
+    start, n = units["start"][sel], units["num_rows"][sel]
+    if (n == 1).all():
+        return start
+    return np.concatenate([np.arange(a, a + k) for a, k in zip(start.tolist(), n.tolist())])
+
+
+def _subset(rows: dict, units: dict, sel: np.ndarray) -> tuple[dict, dict]:
+    """The samples `sel` of a window, in that order, with their rows gathered (one gather per array)."""
+    idx = _row_index(units, sel)
+    u = {k: v[sel] for k, v in units.items()}
+    u["start"] = np.concatenate([[0], np.cumsum(u["num_rows"])[:-1]]).astype(np.int64)
+    return {k: v[idx] for k, v in rows.items()}, u
+
+
+def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
+    if not b[1]["split"].size:
+        return a
+    n = len(next(iter(a[0].values())))  # rows of a
+    rows = {k: np.concatenate([a[0][k], b[0][k]]) for k in b[0]}
+    units = {k: np.concatenate([a[1][k], b[1][k] + (n if k == "start" else 0)]) for k in UNIT_KEYS}
+    return rows, units
+
+
+def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
+    """Targets (and, for a sequence, inputs and labels) of one planned batch."""
+    m = store.manifest
+    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k != "tokens"}, m),
+             "split": units["split"], "sample_id": units["sample_id"]}
+    if "tokens" in rows:
+        n = units["num_rows"]
+        x = np.zeros((len(n), int(n.max())), np.int64)
+        mask = np.arange(x.shape[1])[None, :] < n[:, None]
+        x[mask] = rows["tokens"]
+        batch.update(pad_batch(x, n))
+    else:
+        batch["y"] = torch.from_numpy(units["label"].astype(np.int64))
+    return batch
+
+
+def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size: int, window: int, seed: int,
+                    dist: Dist = Dist(), num_workers: int = 0, skip: int = 0, pin_memory: bool = False) -> Iterator[dict]:
+    """Endless training batches for the student: `targets` (Targets over the batch's rows, in row order), `x`,
+    `y` (and `mask` for sequences). samples: the dataset the store's sample ids index (None for a sequence
+    store, whose inputs are in it). batch_size: samples per batch on this rank."""
+    plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
+    for _ in range(skip):
+        next(plan)
+    if store.manifest.kind == "sequence":
+        yield from plan
+        return
+    waiting: deque = deque()
+
+    def keys():  # runs in the main process, ahead of the workers: each batch's targets wait in `waiting`
+        for b in plan:
+            waiting.append(b)
+            yield b["split"], b["sample_id"]
+
+    for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory)):
+        b = waiting.popleft()
+        assert np.array_equal(fetched["sample_id"], b["sample_id"])  # DataLoader keeps the sampler's order
+        b["x"] = fetched["x"]
+        yield b
+
+
+def shuffled_batches(samples: SplitSamples, split: int, batch_size: int, seed: int, dist: Dist = Dist(),
+                     num_workers: int = 0, skip: int = 0, pin_memory: bool = False) -> Iterator[dict]:
+    """Endless batches of `batch_size` samples (per rank) of one split: a seeded permutation per epoch, rank r
+    taking every world-th sample; the last incomplete batch of an epoch is dropped."""
+    n = len(samples.datasets[split])
+    rng = np.random.default_rng(seed)
+
+    def keys():
+        done = 0
+        while True:
+            mine = rng.permutation(n)[dist.rank :: dist.world]
+            for i in range(0, len(mine) - batch_size + 1, batch_size):
+                if done >= skip:
+                    yield np.full(batch_size, split, np.int64), mine[i : i + batch_size].astype(np.int64)
+                done += 1
+
+    if n // dist.world < batch_size:
+        from .errors import DataError
+
+        raise DataError(f"data: split {samples.names[split]!r} has {n} samples, fewer than one batch of {batch_size} per process")
+    yield from batches_of(batch_loader(samples, keys(), num_workers, pin_memory))
 
 
 def background(produce: Iterator[T]) -> Iterator[T]:

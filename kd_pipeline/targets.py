@@ -1,21 +1,25 @@
 """Teacher targets, one object whether they come from the store or from a live teacher (online KD).
 
-At cache time `topk_targets` runs on the teacher's device: the (B, C) logits never leave it, only the
-(B, k) top-k and the (B, T) log-normalisers do.
+At cache time `teacher_rows` runs on the teacher's device: the (n, C) logits never leave it, only the (n, k)
+values and ids and the (n, T) log-normalisers do. Values are relative to each row's top logit:
+rel = z - max(z) <= 0 and lse[:, t] = logsumexp(rel / tau_t) >= 0, so exp(rel_i / tau - lse) is the exact
+teacher probability whatever the logits' offset or scale (raw float16 logits of 1000 lose the tail; see
+docs/store-format.md "Values").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
 @dataclass
 class Targets:
-    values: torch.Tensor  # [B, k] raw teacher logits (before temperature), sorted descending
+    values: torch.Tensor  # [B, k] teacher logits before temperature (raw, or relative to the row's top), descending
     indices: torch.Tensor  # [B, k] int64 class ids of `values`
-    lse: torch.Tensor  # [B, T] float32 logsumexp(z / tau_t) over ALL classes, for each declared tau
+    lse: torch.Tensor  # [B, T] float32 logsumexp(values' scale / tau_t) over ALL classes, for each declared tau
     temperatures: tuple[float, ...]  # the T declared temperatures, in `lse` column order
     num_classes: int
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, ...]
@@ -40,3 +44,75 @@ def topk_targets(logits: torch.Tensor, k: int, temperatures: tuple[float, ...]) 
 def full_targets(logits: torch.Tensor, temperatures: tuple[float, ...]) -> Targets:
     """All classes kept (k = C): the live-teacher reference path, no truncation."""
     return topk_targets(logits, logits.shape[1], temperatures)
+
+
+@torch.no_grad()
+def relative_logits(logits: torch.Tensor, temperatures: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (n, C) -> rel (n, C) float32 (each row's top is 0), lse (n, T) float32."""
+    z = logits.float()
+    rel = z - z.amax(dim=1, keepdim=True)
+    # rel <= 0 with a 0 in every row, so sum(exp) is in [1, C]: no max-shift needed (2 fewer passes over C)
+    lse = torch.stack([(rel if t == 1.0 else rel / t).exp().sum(dim=1).log() for t in temperatures], dim=1)
+    return rel, lse
+
+
+@torch.no_grad()
+def sampled_rows(rel: torch.Tensor, draws: int, tau: float, generator: torch.Generator | None = None):
+    """Random-sampling KD targets: m = `draws` ids per row drawn with replacement from softmax(rel / tau),
+    kept once each with their counts. Width w = min(m, C); rows with fewer distinct ids are padded with
+    count 0 (pad id = the row's first id, pad value = the row's smallest stored value).
+    -> values (n, w) descending, ids (n, w) int64, counts (n, w) int64 summing to m per row."""
+    N, V = rel.shape
+    w = min(draws, V)
+    probs = torch.softmax(rel / tau, dim=1)
+    drawn = torch.multinomial(probs, draws, replacement=True, generator=generator).sort(dim=1).values  # (N, m)
+    first = torch.ones_like(drawn, dtype=torch.bool)
+    first[:, 1:] = drawn[:, 1:] != drawn[:, :-1]
+    slot = first.long().cumsum(dim=1) - 1  # (N, m) which distinct id each draw is, 0..w-1
+    counts = torch.zeros(N, w, dtype=torch.long, device=rel.device).scatter_add_(1, slot, torch.ones_like(slot))
+    ids = torch.zeros(N, w, dtype=torch.long, device=rel.device).scatter_(1, slot, drawn)
+    used = counts > 0
+    vals = rel.gather(1, ids).masked_fill(~used, float("-inf"))
+    vals, order = vals.sort(dim=1, descending=True)  # padding (-inf) goes last
+    ids, counts, used = ids.gather(1, order), counts.gather(1, order), used.gather(1, order)
+    n_used = used.sum(dim=1, keepdim=True)
+    last = vals.gather(1, n_used - 1)  # the row's smallest real value
+    vals = torch.where(used, vals, last)
+    ids = torch.where(used, ids, ids[:, :1])
+    return vals, ids, counts
+
+
+@torch.no_grad()
+def teacher_rows(logits: torch.Tensor, m, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """(n, C) teacher logits -> the targets a store row keeps, on the logits' device: values (n, k) relative
+    to the top, ids (n, k) int64, lse (n, T)[, counts (n, k) for sampled targets]. m: the store's Manifest."""
+    rel, lse = relative_logits(logits, tuple(m.temperatures))
+    if m.targets == "sampled":
+        v, i, c = sampled_rows(rel, m.sample_draws, m.sample_temperature, generator)
+        return {"values": v, "ids": i, "lse": lse, "counts": c}
+    v, i = torch.topk(rel, m.top_k, dim=1, sorted=True)
+    return {"values": v, "ids": i, "lse": lse}
+
+
+def targets_from_arrays(a: dict[str, np.ndarray], m) -> Targets:
+    """A store block's (or some rows' of it) arrays -> Targets: values decoded to float32, ids int64, features
+    float32. m: the store's Manifest."""
+    from .store.values import decode_values
+
+    return Targets(
+        values=torch.from_numpy(decode_values(a, m.values_scheme)),
+        indices=torch.from_numpy(a["topk_indices"].astype(np.int64)),
+        lse=torch.from_numpy(np.ascontiguousarray(a["lse"], dtype=np.float32)),
+        temperatures=tuple(m.temperatures),
+        num_classes=m.num_classes,
+        features={k.split("/", 1)[1]: torch.from_numpy(v.astype(np.float32)) for k, v in a.items() if k.startswith("features/")},
+        counts=torch.from_numpy(a["sample_counts"].astype(np.int64)) if "sample_counts" in a else None,
+    )
+
+
+def through_store(logits: torch.Tensor, m, generator: torch.Generator | None = None) -> Targets:
+    """(n, C) teacher logits -> Targets exactly as a store with manifest m reads them back: teacher_rows,
+    encode to the store's dtypes, host copy, decode (tests, the reconstruction KL, benchmarks)."""
+    from .store.values import encode_targets, to_host
+
+    return targets_from_arrays(to_host(encode_targets(teacher_rows(logits, m, generator), m), m.array_specs()), m)

@@ -1,4 +1,11 @@
-"""One small training loop for teacher, student and baseline: Adam, a fixed number of steps, a loss curve."""
+"""One small training loop for teacher, student and baseline: Adam, a fixed number of steps, a loss curve.
+
+The model is a loss module: `forward(batch) -> (loss, parts)` (kd_pipeline/objectives.py), so the loop is the
+same for every objective, and under torchrun it is wrapped in DistributedDataParallel (gradients averaged
+across ranks; each rank draws its own share of the data, `batch_size / world` samples per step, so the global
+batch and the step count are those of a one-process run). Loss parts are summed on the device and read back
+only every `log_every` steps: no host sync per step.
+"""
 
 from __future__ import annotations
 
@@ -6,79 +13,104 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .crashpoints import pause_point
+from .distributed import Dist
 from .progress import progress
 from .resume import TrainCheckpoint
 
-Batch = dict[str, torch.Tensor]
-StepLoss = Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
+Batch = dict
 
 
-def random_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iterator[Batch]:
-    """Endless shuffled mini-batches of in-memory (x, y); a fresh permutation per epoch."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(x)
-    bs = min(batch_size, n)
-    while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - bs + 1, bs):
-            idx = perm[i : i + bs]
-            yield {"x": x[idx], "y": y[idx]}
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Tensors of a batch (and of its Targets) on `device`; numpy fields stay where they are."""
+    if device.type == "cpu":
+        return batch
+    from dataclasses import fields, is_dataclass, replace
+
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        elif is_dataclass(v):
+            out[k] = replace(v, **{f.name: getattr(v, f.name).to(device, non_blocking=True) for f in fields(v) if torch.is_tensor(getattr(v, f.name))},
+                             features={n: t.to(device, non_blocking=True) for n, t in v.features.items()})
+        else:
+            out[k] = v
+    return out
 
 
-def fit(
-    params: Iterable[nn.Parameter],
-    batches: Iterator[Batch],
-    step_loss: StepLoss,
-    cfg: TrainConfig,
-    desc: str,
-    log_path: Path | None = None,
-    checkpoint: TrainCheckpoint | None = None,
-) -> list[dict]:
-    """Runs cfg.steps Adam steps; returns (and writes as JSON lines) the loss curve every cfg.log_every.
-    With `checkpoint`, resumes from its last save (see resume.py) and saves every `checkpoint.every` steps."""
-    params = list(params)
+def per_rank(batch_size: int, dist: Dist, where: str) -> int:
+    """Samples per step on each rank: the configured (global) batch split evenly between ranks."""
+    if batch_size % dist.world:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{where}.batch_size: {batch_size} does not split evenly between {dist.world} processes")
+    return batch_size // dist.world
+
+
+def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: TrainConfig, desc: str,
+        log_path: Path | None = None, checkpoint: TrainCheckpoint | None = None, dist: Dist = Dist(),
+        device: torch.device = torch.device("cpu")) -> list[dict]:
+    """Runs cfg.steps Adam steps of `module` (a loss module) on batches(skip) (an iterator that starts after
+    `skip` batches); returns, and rank 0 writes as JSON lines, the loss curve every cfg.log_every steps.
+    With `checkpoint`, resumes from its last save (resume.py) and rank 0 saves every `checkpoint.every` steps."""
+    module = module.to(device)
+    params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     curve: list[dict] = []
-    acc: dict[str, float] = {}
-    n_acc = 0
-    start = 0
-    got = checkpoint.restore(params, opt) if checkpoint is not None else None
+    acc: dict[str, torch.Tensor] = {}
+    n_acc, start = 0, 0
+    got = checkpoint.restore(params, opt, dist) if checkpoint is not None else None
     if got is not None:
         start, st = got
-        curve, acc, n_acc = st["curve"], st["acc"], st["n_acc"]
-        for _ in range(start):  # deterministic iterators: replay to where the checkpoint was taken
-            next(batches)
-        print(f"{desc}: resumed from the checkpoint at step {start} ({checkpoint.path})", file=sys.stderr)
+        curve, n_acc = st["curve"], st["n_acc"]
+        acc = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in st["acc"].items()}
+        if dist.is_main:
+            print(f"{desc}: resumed from the checkpoint at step {start} ({checkpoint.path})", file=sys.stderr)
+    step_fn = torch.nn.parallel.DistributedDataParallel(module) if dist.active else module
+    it = batches(start)
     t0 = time.perf_counter()
-    with progress(desc, cfg.steps) as advance:
+    with progress(desc, cfg.steps, enabled=dist.is_main) as advance:
         advance(start, 0)
         for step in range(start + 1, cfg.steps + 1):
-            batch = next(batches)
-            loss, parts = step_loss(batch)
+            batch = to_device(next(it), device)
+            loss, parts = step_fn(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                acc[k] = acc.get(k, 0.0) + v
+            for k, v in {"loss": loss, **parts}.items():
+                acc[k] = acc.get(k, 0.0) + v.detach().double()
             n_acc += 1
-            advance(1, len(batch["x"]))
+            advance(1, len(batch["x"]) * dist.world)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), **{k: v / n_acc for k, v in acc.items()}})
+                means = _mean(acc, n_acc, dist)
+                curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), **means})
                 acc, n_acc = {}, 0
             if checkpoint is not None and checkpoint.due(step, cfg.steps):
-                checkpoint.save(step, params, opt, {"curve": curve, "acc": acc, "n_acc": n_acc})
+                checkpoint.save(step, params, opt, {"curve": curve, "acc": {k: float(v) for k, v in acc.items()}, "n_acc": n_acc}, dist)
                 pause_point(f"checkpoint:{desc}:{step}")
-    if log_path is not None:
+    if log_path is not None and dist.is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(r) + "\n" for r in curve))
     return curve
+
+
+def _mean(acc: dict[str, torch.Tensor], n: int, dist: Dist) -> dict[str, float]:
+    """Each part's mean over the steps since the last log point, over all ranks (one sync per log point)."""
+    keys = sorted(acc)
+    v = torch.stack([acc[k] for k in keys]) / n
+    if dist.active:
+        import torch.distributed as td
+
+        td.all_reduce(v)
+        v /= dist.world
+    return dict(zip(keys, v.tolist()))
 
 
 def stage_checkpoint(cfg, name: str, train: TrainConfig, modules: dict[str, nn.Module], *inputs) -> TrainCheckpoint:
@@ -92,10 +124,3 @@ def stage_checkpoint(cfg, name: str, train: TrainConfig, modules: dict[str, nn.M
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """-> logits [N, C] on CPU, model in eval mode."""
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -1,44 +1,51 @@
-"""Stage 2: run the frozen teacher once over the train + transfer splits into the store.
-
-Resumable: blocks already marked finished are skipped. `shard`/`num_shards` let n processes each write
-disjoint whole blocks; shard 0 finalises (samples.parquet, complete: true) once every block is in.
-"""
+"""Stage 3: run the frozen teacher once over the store's samples (the training splits, then the test split for
+evaluation) into the store. Resumable: blocks already marked finished are skipped. Under torchrun, rank r writes
+blocks b % world == r and rank 0 finalises (samples.parquet, complete: true) once every block is in."""
 
 import torch
 
-from kd_pipeline.cachepass import build_manifest, probe_features, resolve_device, run_teacher_pass
-from kd_pipeline.checkpoint import file_sha256, load_model
+from kd_pipeline.cachepass import build_manifest, probe_features, teacher_pass
+from kd_pipeline.checkpoint import load_teacher
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.data import load_splits
-from kd_pipeline.models import build_model
+from kd_pipeline.distributed import device_for
+from kd_pipeline.lm.reconstruction import measure_reconstruction
+from kd_pipeline.models import check_output
+from kd_pipeline.prepare import SUMMARY, data_dir, load_summary, open_samples, samples_per_batch, store_layout
 from kd_pipeline.store import CacheWriter
-from kd_pipeline.store.writer import samples_table
 
 NAME = "cache_teacher"
-PARAMS = ("data", "teacher", "cache")
+PARAMS = ("kind", "data", "teacher", "cache", "sequence")
+EVERY_RANK = True  # each rank writes its share of the blocks
 
 
 def deps(cfg: PipelineConfig):
-    return [cfg.out_dir / "teacher.safetensors"]
+    return [data_dir(cfg) / SUMMARY] + ([cfg.out_dir / "teacher.safetensors"] if cfg.teacher_train is not None else [])
 
 
 def outs(cfg: PipelineConfig):
     return [cfg.cache_path]
 
 
-def run(cfg: PipelineConfig, shard: int = 0, num_shards: int = 1) -> None:
-    ckpt = deps(cfg)[0]
-    teacher = load_model(build_model(cfg.teacher, cfg.data.num_classes), ckpt, "teacher")
-    splits = load_splits(cfg.data, cfg.cached_splits)
-    inputs = torch.cat([x for x, _ in splits.values()])  # (R, ...) in store row order
-    device = resolve_device(cfg.cache.device)
-    dtype = getattr(torch, cfg.cache.teacher_dtype)
-    teacher = teacher.to(device=device, dtype=dtype).eval()
-    shapes = probe_features(teacher, inputs, cfg.cache.features, device, dtype)
-    manifest = build_manifest(cfg, splits, file_sha256(ckpt), shapes)
-    with CacheWriter.open(cfg.cache_path, manifest, shard=shard, num_shards=num_shards) as writer:
+def run(cfg: PipelineConfig, dist) -> None:
+    summary = load_summary(cfg)
+    samples = open_samples(cfg, summary["store_splits"])
+    layout = store_layout(cfg, summary, samples)
+    teacher, sha = load_teacher(cfg)
+    check_output(teacher, samples.head(), samples.kind, cfg.data.num_classes, "teacher")
+    device, dtype = device_for(dist, cfg.cache.device), getattr(torch, cfg.cache.teacher_dtype)
+    teacher = teacher.to(device=device, dtype=dtype)
+    shapes = probe_features(teacher, samples, samples.kind, cfg.cache.features, device, dtype)
+    manifest = build_manifest(cfg, summary, layout, sha, shapes)
+    # rank 0 creates (or resumes) the store first; the others then open what it made
+    writer = dist.together(lambda: CacheWriter.open(cfg.cache_path, manifest, shard=dist.rank, num_shards=dist.world), first=0)
+    with writer:
         for old in writer.lock.taken_over:
             print(f"cache_teacher: took over the stale lock of pid {old.get('pid')} on {old.get('host')} (started {old.get('started_at')})")
-        run_teacher_pass(teacher, inputs, writer, cfg.cache.features, cfg.cache.batch_size, device, dtype, shard, num_shards)
-        if shard == 0:
-            writer.finalize(samples_table({n: len(x) for n, (x, _) in splits.items()}, {n: y.numpy() for n, (_, y) in splits.items()}))
+        dist.together(lambda: teacher_pass(teacher, writer, layout, samples, samples.kind, cfg.cache.features,
+                                           samples_per_batch(cfg, cfg.cache.batch_size), device, dtype, cfg.data.num_workers, cfg.seed, dist.rank, dist.world))
+        if dist.is_main:
+            if cfg.kind == "sequence" and cfg.data.val_split:
+                recon = measure_reconstruction(teacher, writer.manifest, open_samples(cfg, [cfg.data.val_split]), cfg.sequence.recon_tokens,
+                                               cfg.cache.batch_size, device, dtype, cfg.seed)
+                writer.manifest = writer.manifest.model_copy(update={"reconstruction_kl": recon})
+            writer.finalize()

@@ -1,45 +1,57 @@
-"""Stage 3: train the student from the store alone -> <out>/student.safetensors.
+"""Stage 4: train the student from the store -> <out>/student.safetensors.
 
 Never builds or loads the teacher: k, temperatures and num_classes come from the store's manifest, targets
-from its arrays, streamed in shuffled whole blocks.
+from its arrays, streamed in shuffled whole blocks. Inputs come from the dataset by sample id
+(classification) or from the store itself (sequence: no corpus, no tokenizer needed).
 """
 
 from kd_pipeline.checkpoint import save_model
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.data import load_splits
-from kd_pipeline.distill import check_store_for, kd_batches, kd_step, rows_aligned
-from kd_pipeline.models import build_model
-from kd_pipeline.store import open_store
-from kd_pipeline.stream import BlockStream
+from kd_pipeline.distill import check_store_for
+from kd_pipeline.distributed import device_for
+from kd_pipeline.kinds import kind_for
+from kd_pipeline.models import build_model, check_output
+from kd_pipeline.objectives import CachedKD
+from kd_pipeline.prepare import SUMMARY, data_dir, load_summary, open_samples
 from kd_pipeline.runner import path_digest
-from kd_pipeline.training import fit, seed_everything, stage_checkpoint
+from kd_pipeline.store import open_store
+from kd_pipeline.stream import student_batches
+from kd_pipeline.training import fit, per_rank, seed_everything, stage_checkpoint
 
 NAME = "train_student"
-PARAMS = ("seed", "data", "student", "student_train", "distill")
+PARAMS = ("seed", "kind", "student", "student_train", "distill")  # the data: through the summary (deps)
+EVERY_RANK = True  # DistributedDataParallel under torchrun
 
 
 def deps(cfg: PipelineConfig):
-    return [cfg.cache_path]
+    return [cfg.cache_path] + ([data_dir(cfg) / SUMMARY] if cfg.kind == "classification" else [])
 
 
 def outs(cfg: PipelineConfig):
     return [cfg.out_dir / "student.safetensors"]
 
 
-def run(cfg: PipelineConfig) -> None:
+def run(cfg: PipelineConfig, dist) -> None:
     seed_everything(cfg.seed)
     store = open_store(cfg.cache_path)
     m = store.manifest
-    splits = load_splits(cfg.data, m.dataset.splits)
-    check_store_for(store, splits, cfg.data.num_classes, cfg.distill.temperature, (cfg.teacher, cfg.out_dir / "teacher.safetensors"))
-    x_rows, y_rows = rows_aligned(store, splits)
-    student = build_model(cfg.student, m.num_classes).train()
-    step, extra = kd_step(student, cfg.distill, store, x_rows)
-    stream = BlockStream(store, cfg.student_train.batch_size, cfg.distill.shuffle_window, cfg.seed)
-    batches = kd_batches(stream, x_rows, y_rows, store)
+    kind = kind_for(m.kind, m.num_classes)
+    summary = load_summary(cfg) if not kind.inputs_in_store else None
+    check_store_for(store, cfg, summary, cfg.out_dir / "teacher.safetensors")
+    samples = open_samples(cfg, m.dataset.splits) if not kind.inputs_in_store else None
+    bs = per_rank(cfg.student_train.batch_size, dist, "student_train")
+
+    def batches(skip: int):
+        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip)
+
+    probe = next(batches(0))
+    student = build_model(cfg.student, m.num_classes, "student")
+    check_output(student, probe, kind, m.num_classes, "student")
+    module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
     d = cfg.model_dump(mode="json")
-    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": student}, {k: d[k] for k in PARAMS}, path_digest(store.path))
-    fit([*student.parameters(), *extra], batches, step, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt)
-    save_model(student, outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
-    ckpt.remove()
+    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world)
+    fit(module, batches, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
+    if dist.is_main:
+        save_model(student.cpu(), outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
+    ckpt.remove(dist)
     store.close()

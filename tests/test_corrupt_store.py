@@ -44,7 +44,7 @@ def read_everything(path: Path) -> dict:
     """What a student would use: open (cheap checks), then every block read and checked."""
     s = open_store(path)
     try:
-        out = {"samples": s.samples}
+        out = {"samples": s.samples.table()}
         for b in range(s.num_blocks):
             block = s.read_block(b)
             s.check_block(b, block)
@@ -120,7 +120,7 @@ CASES = {
     "unsorted logits": (lambda p: rewrite_block(p, "topk_logits", 1, lambda a: _set(a, (0, 2), a[0, 0] + 1)), r"topk_logits row 128: not sorted in descending order"),
     "lse below the top logit": (lambda p: rewrite_block(p, "lse", 0, lambda a: _set(a, (9, 0), -50.0)), r"lse row 9: below max\(logit\)/tau"),
     "parquet with a missing row": (lambda p: rewrite_samples(p, lambda t: t.slice(1)), r"samples.parquet: has 299 rows, manifest says num_rows=300"),
-    "parquet with a duplicated row": (lambda p: rewrite_samples(p, _dup_row), r"samples.parquet: row 6 \(table row \d+\): rows overlap or leave a gap"),
+    "parquet with a duplicated row": (lambda p: rewrite_samples(p, _dup_row), r"samples.parquet: row 6 \(table row \d+\): rows are not sorted, or overlap or leave a gap"),
     "parquet with an out-of-range label": (lambda p: rewrite_samples(p, lambda t: t.set_column(4, "label", pa.array([12] + t["label"].to_pylist()[1:], pa.int64()))), r"samples.parquet: table row 0: label 12 outside \[0, 10\)"),
     "parquet bytes changed": (lambda p: flip_byte(p / "samples.parquet", 200), r"samples.parquet: bytes do not match the sha256"),
     "missing block marker": (lambda p: marker_path(p, 1).unlink(), r"completion marker of block 1 is missing"),

@@ -123,7 +123,7 @@ def test_a_store_killed_while_being_created_is_rebuilt_but_a_foreign_folder_is_n
     (p / "lse").mkdir()
     with CacheWriter.open(p, manifest()) as w:
         assert w.pending_blocks() == [0, 1, 2, 3]
-    assert sorted(x.name for x in p.iterdir()) == ["_lock.json", "_markers", "lse", "topk_indices", "topk_logits", "zarr.json"]
+    assert sorted(x.name for x in p.iterdir()) == ["_lock.create", "_lock.json", "_markers", "lse", "topk_indices", "topk_logits", "zarr.json"]
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("not a store")

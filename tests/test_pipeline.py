@@ -15,20 +15,22 @@ from tests.conftest import tiny_config, write_config
 def test_end_to_end_outputs(tiny_run):
     cfg = load_config(tiny_run)
     out = cfg.out_dir
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())["models"]
     for name in ("teacher", "student", "baseline"):
         r = m[name]
-        assert 0.0 <= r["accuracy"] <= 1.0
+        assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["test"]["rows"] == 400
         assert r["parameters"] > 0 and r["bytes_on_disk"] > 0 and r["latency_ms_per_sample_cpu"] > 0
-        assert 0.0 <= r["agreement_with_teacher"] <= 1.0
-    assert m["teacher"]["agreement_with_teacher"] == 1.0
-    assert m["teacher"]["accuracy"] > 0.2  # 200 steps of a real CNN on real data: well above chance (0.1)
+        assert 0.0 <= r["test"]["agreement_with_teacher"] <= 1.0
+    assert m["teacher"]["test"]["agreement_with_teacher"] == 1.0
+    assert m["teacher"]["test"]["accuracy"] > 0.2  # 200 steps of a real CNN on real data: well above chance (0.1)
     assert "report.png" in (out / "report.md").read_text()
     assert (out / "report.png").stat().st_size > 1000
     g = zarr.open_group(str(out / "cache"), mode="r")
     meta = g.attrs["kd_cache"]
-    assert meta["complete"] and meta["num_rows"] == 1600 and meta["dataset"]["splits"] == ["train", "transfer"]
-    assert g["features/penultimate"].shape == (1600, 8 * 5)
+    # the training splits, then the test split (evaluation only)
+    assert meta["complete"] and meta["num_rows"] == 2000 and meta["dataset"]["splits"] == ["train", "transfer", "test"]
+    assert meta["dataset"]["eval_split"] == "test" and meta["values_scheme"] == "relative"
+    assert g["features/penultimate"].shape == (2000, 8 * 5)
     for ck in ("teacher", "student", "baseline"):
         assert (out / f"{ck}.safetensors").read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kd_pipeline.lm.cachepass import encode_rows, row_targets, rows_from_arrays
 from kd_pipeline.lm.reconstruction import reconstruction_kl
 from kd_pipeline.losses import dense_kl, sampled_kl, sparse_kl
-from kd_pipeline.targets import Targets
+from kd_pipeline.targets import Targets, through_store
 from tests.test_sequence_store import seq_manifest
 
 V, ROWS, DRAWS, REPEATS = 64, 4, 16, 4000
@@ -24,9 +23,7 @@ def _draws(values_dtype="float32"):
     student = torch.randn(ROWS, V, generator=g)
     m = seq_manifest(V, [ROWS], k=DRAWS, values_dtype=values_dtype, targets="sampled", draws=DRAWS)
     rep_t = teacher.repeat(REPEATS, 1)  # row i of repeat r is row i of the teacher: REPEATS independent draws
-    t = rows_from_arrays(encode_rows(row_targets(rep_t, m, g), m), m)  # through the store's encode/decode
-    targets = Targets(t["values"], t["ids"], t["lse"], (1.0, 2.0), V, counts=t["counts"])
-    return teacher, student, targets
+    return teacher, student, through_store(rep_t, m, g)  # through the store's encode/decode
 
 
 def _mean_and_se(est):
@@ -66,15 +63,14 @@ def test_reconstruction_kl_zero_with_every_id_and_grows_as_ids_drop():
     kls = []
     for k in (V, 16, 4):
         m = seq_manifest(V, [32], k=k, values_dtype="float32")
-        t = rows_from_arrays(encode_rows(row_targets(z, m), m), m)
-        comp, full = reconstruction_kl(z, t["values"], t["ids"], t["lse"][:, 0], 1.0)
+        t = through_store(z, m)
+        comp, full = reconstruction_kl(z, t.values, t.indices, t.lse[:, 0], 1.0)
         kls.append((float(comp.mean()), float(full.mean())))
         # the top-k + tail loss of a student equal to the teacher is the compression KL
-        tt = Targets(t["values"], t["ids"], t["lse"], (1.0, 2.0), V)
-        assert torch.allclose(sparse_kl(z, tt, 1.0), comp, atol=1e-5)
+        assert torch.allclose(sparse_kl(z, t, 1.0), comp, atol=1e-5)
     assert abs(kls[0][0]) < 1e-5 and abs(kls[0][1]) < 1e-5
     assert kls[2][1] > kls[1][1] > 1e-3 and kls[1][0] < 1e-5  # exact values: only truncation loses
     m = seq_manifest(V, [32], k=16, values_dtype="uint8")
-    t = rows_from_arrays(encode_rows(row_targets(z, m), m), m)
-    comp, _ = reconstruction_kl(z, t["values"], t["ids"], t["lse"][:, 0], 1.0)
+    t = through_store(z, m)
+    comp, _ = reconstruction_kl(z, t.values, t.indices, t.lse[:, 0], 1.0)
     assert 0 < float(comp.mean()) < 1e-4  # 8-bit values lose a little (6e-6 here), the tail mass stays exact

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from kd_pipeline.errors import StoreError
-from kd_pipeline.lm.cachepass import encode_rows, row_targets, rows_from_arrays
-from kd_pipeline.lm.manifest import sequence_samples_table
-from kd_pipeline.lm.stream import SampleStream
+from kd_pipeline.layout import Layout
 from kd_pipeline.store import CacheWriter, Manifest, open_store
 from kd_pipeline.store.format import indices_dtype
-from kd_pipeline.store.values import decode_values, encode_values
+from kd_pipeline.store.values import _encode_values, decode_values, encode_targets, to_host
+from kd_pipeline.store.writer import span_table
+from kd_pipeline.stream import student_batches
+from kd_pipeline.targets import targets_from_arrays, teacher_rows
 
 
 def seq_manifest(V, lengths, k=4, chunk_rows=8, values_dtype="float16", targets="topk", draws=None):
@@ -28,14 +29,19 @@ def seq_manifest(V, lengths, k=4, chunk_rows=8, values_dtype="float16", targets=
     )
 
 
+def sequence_table(lengths):
+    """samples.parquet of one split's samples, back to back."""
+    return span_table(["train"], Layout({"train": len(lengths)}, 1, {"train": np.asarray(lengths)}).rows_of(0, len(lengths)), None)
+
+
 def write_store(path, m, logits, tokens, lengths, seed=0):
-    arrays = encode_rows(row_targets(logits, m, torch.Generator().manual_seed(seed)), m)
+    arrays = to_host(encode_targets(teacher_rows(logits, m, torch.Generator().manual_seed(seed)), m), m.array_specs())
     arrays["tokens"] = tokens.astype(np.int32)
     w = CacheWriter.open(path, m)
     for b in w.pending_blocks():
         s, e = w.block_rows(b)
         w.write_block(b, {k: v[s:e] for k, v in arrays.items()})
-    w.finalize(sequence_samples_table("train", np.asarray(lengths)))
+    w.finalize(sequence_table(lengths))
     return arrays
 
 
@@ -56,9 +62,9 @@ def test_262144_vocab_round_trip(tmp_path):
     assert got["topk_indices"][:, 0].min() >= 200_000
     for b in range(store.num_blocks):
         store.check_block(b, store.read_block(b))
-    assert store.samples["num_rows"].to_pylist() == lengths
+    assert store.samples.table()["num_rows"].to_pylist() == lengths
     # the student's stream returns whole samples with their own tokens, every sample once per pass
-    batch = next(iter(SampleStream(store, batch_size=4, window=8, seed=1)))
+    batch = next(student_batches(store, None, batch_size=4, window=8, seed=1))
     assert batch["x"].shape == (4, 7) and batch["targets"].values.shape == (R, 4)
     seen = sorted(tuple(row[: int(n)].tolist()) for row, n in zip(batch["x"], batch["mask"].sum(1)))
     row0 = np.cumsum([0, *lengths[:-1]])
@@ -72,7 +78,7 @@ def test_stream_rows_follow_their_samples_across_blocks(tmp_path):
     tokens = np.arange(R)  # token = its own row number (R < V), so a batch tells which rows it holds
     write_store(tmp_path / "s", seq_manifest(V, lengths, values_dtype="float32"), logits, tokens, lengths)
     store = open_store(tmp_path / "s")
-    stream = iter(SampleStream(store, batch_size=2, window=2, seed=3))
+    stream = student_batches(store, None, batch_size=2, window=2, seed=3)
     starts = set(np.cumsum([0, *lengths[:-1]]).tolist())
     for _ in range(6):
         b = next(stream)
@@ -86,7 +92,7 @@ def test_stream_rows_follow_their_samples_across_blocks(tmp_path):
 def test_q8_values_within_half_a_step():
     rel = -np.abs(np.random.default_rng(0).normal(0, 6, (200, 32))).astype(np.float32)
     rel[:, 0] = 0.0
-    a = encode_values(np.sort(rel, axis=1)[:, ::-1], "q8", "uint8")
+    a = {k: v.numpy() for k, v in _encode_values(torch.from_numpy(np.sort(rel, axis=1)[:, ::-1].copy()), "q8", "uint8").items()}
     assert a["topk_logits"].dtype == np.uint8 and a["value_scale"].dtype == np.float16
     back = decode_values(a, "q8")
     step = a["value_scale"].astype(np.float32)[:, None]
@@ -110,8 +116,8 @@ def test_reader_refuses_bad_tokens_and_counts(tmp_path):
     bad["sample_counts"][5, 0] += 1
     with pytest.raises(StoreError, match="sample_counts row 5"):
         store.check_block(0, bad)
-    t = rows_from_arrays(block, store.manifest)
-    assert (t["counts"].sum(1) == 16).all()
+    t = targets_from_arrays(block, store.manifest)
+    assert (t.counts.sum(1) == 16).all()
 
 
 def test_sampled_store_must_be_drawn_at_its_first_temperature():

@@ -58,7 +58,8 @@ def test_permission_denied_is_one_line_and_the_store_resumes(shared_dir):
     logits = torch.randn(1000, 10)
     p = shared_dir / "s"
     write_store(p, m, logits, only={0, 1})  # a partial store, as left by an earlier run
-    (p / "_lock.json").chmod(0o666)  # so the lock is not what fails: the block writes are
+    for lock in ("_lock.json", "_lock.create"):
+        (p / lock).chmod(0o666)  # so the locks are not what fails: the block writes are
     blocks = blocks_for(m, logits)
     with writes_denied(p):
         probe = p / "probe"

@@ -1,8 +1,13 @@
+"""The student's stream: every training sample once per pass in full batches, blocks shuffled, labelled rows
+spread over every batch, evaluation rows never streamed, ranks drawing disjoint shares."""
+
 import numpy as np
 import torch
 
+from kd_pipeline.config import load_config
+from kd_pipeline.prepare import open_samples
 from kd_pipeline.store import open_store
-from kd_pipeline.stream import BlockStream
+from kd_pipeline.stream import BlockStream, student_batches
 from tests.test_store import manifest, write_store
 
 
@@ -11,20 +16,55 @@ def test_each_pass_sees_every_row_once_in_full_batches(tmp_path):
     write_store(tmp_path / "s", m, torch.randn(1000, 10))
     store = open_store(tmp_path / "s")
     it = iter(BlockStream(store, batch_size=50, window=3, seed=1))
-    rows = np.concatenate([next(it)["row"] for _ in range(20)])  # 20 x 50 = one pass
+    got = [next(it) for _ in range(20)]  # 20 x 50 = one pass
+    rows = np.concatenate([_rows(store, u) for _, u in got])
     assert sorted(rows.tolist()) == list(range(1000))
-    b = next(it)
-    assert len(b["row"]) == 50 and set(b) >= {"topk_logits", "topk_indices", "lse", "row"}
+    r, u = next(it)
+    assert len(u["split"]) == 50 and set(r) >= {"topk_logits", "topk_indices", "lse"}
     # rows carry their own targets
-    direct = store.read_block(int(b["row"][0]) // 64)
-    r0 = int(b["row"][0]) % 64
-    assert np.array_equal(b["topk_logits"][0], direct["topk_logits"][r0])
+    row = int(_rows(store, u)[0])
+    direct = store.read_block(row // 64)
+    assert np.array_equal(r["topk_logits"][0], direct["topk_logits"][row % 64])
+
+
+def _rows(store, units):
+    """Store rows of a classification batch: sample ids are rows within each split, splits back to back."""
+    sizes = store.manifest.dataset.split_sizes
+    offset = np.cumsum([0, *[sizes[s] for s in store.manifest.dataset.splits]])[:-1]
+    return offset[units["split"]] + units["sample_id"]
 
 
 def test_order_is_shuffled_across_blocks(tmp_path):
     m = manifest(num_rows=1024, chunk_rows=64)
     write_store(tmp_path / "s", m, torch.randn(1024, 10))
-    it = iter(BlockStream(open_store(tmp_path / "s"), batch_size=64, window=4, seed=0))
-    first = next(it)["row"]
+    _, u = next(iter(BlockStream(open_store(tmp_path / "s"), batch_size=64, window=4, seed=0)))
+    first = _rows(open_store(tmp_path / "s"), u)
     assert len(np.unique(first // 64)) > 1  # a batch mixes blocks of its window
     assert not np.array_equal(np.sort(first), np.arange(64))
+
+
+def test_labelled_rows_in_every_batch_and_no_evaluation_row(tiny_run):
+    cfg = load_config(tiny_run)
+    store = open_store(cfg.cache_path)
+    m = store.manifest
+    assert m.row_order == "interleaved" and m.dataset.eval_split == "test"
+    test = m.dataset.splits.index("test")
+    batches = student_batches(store, open_samples(cfg, m.dataset.splits), 50, cfg.distill.shuffle_window, 0)
+    seen = []
+    for _ in range(64):  # two passes over the 1600 training samples
+        b = next(batches)
+        assert (b["split"] != test).all()
+        assert (b["y"] >= 0).sum() >= 3  # 400 of 1600 rows are labelled: ~12 per batch of 50, never none
+        seen.append(list(zip(b["split"].tolist(), b["sample_id"].tolist())))
+    first_pass = [k for batch in seen[:32] for k in batch]
+    assert len(set(first_pass)) == 1600
+
+
+def test_ranks_draw_disjoint_blocks(tiny_run):
+    store = open_store(load_config(tiny_run).cache_path)
+    keys = []
+    for rank in (0, 1):  # within one pass (each rank has >= 3 of the 7 training blocks: >= 500 samples)
+        it = iter(BlockStream(store, batch_size=25, window=2, seed=4, rank=rank, world=2))
+        units = [next(it)[1] for _ in range(20)]
+        keys.append({(s, i) for u in units for s, i in zip(u["split"].tolist(), u["sample_id"].tolist())})
+    assert len(keys[0]) == len(keys[1]) == 500 and not keys[0] & keys[1]

@@ -1,2 +1,3 @@
-"""The sequence (language-model) track: corpus, tokenizer, decoder-only models, per-token teacher targets,
-the student's sample stream and the LM metrics. Stages `stages/lm_*.py` wire these pieces."""
+"""The sequence (language-model) parts: the built-in corpus, the tokenizer and token windows, decoder-only
+models (built-in and Hugging Face), and the reconstruction KL of a sequence store. The stages are the same as
+for classification (kd_pipeline/kinds.py holds what differs)."""

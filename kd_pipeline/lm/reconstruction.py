@@ -36,3 +36,34 @@ def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Ten
     in_row = torch.zeros_like(p, dtype=torch.bool).scatter_(1, ids, valid)
     rest = torch.where(in_row, torch.zeros_like(p), p * (log_p - spread[:, None])).sum(1)
     return compression.float(), (stored + rest).float()
+
+
+@torch.no_grad()
+def measure_reconstruction(teacher, m, samples, max_rows: int, batch_rows: int, device: torch.device,
+                           dtype: torch.dtype, seed: int):
+    """Mean KL(teacher || reconstruction from the stored arrays) over up to max_rows held-out rows (the first
+    samples of `samples`' only split), at temperatures[0]: the full logits are at hand here, and the rows go
+    through the exact encode/decode path of the store. -> ReconstructionKL, or None if max_rows is 0."""
+    import numpy as np
+
+    from ..data import batch_loader, batches_of, sequential_keys
+    from ..store.format import ReconstructionKL
+    from ..store.values import encode_targets, to_host
+    from ..targets import targets_from_arrays, teacher_rows
+
+    lengths = samples.datasets[0].lengths
+    if max_rows <= 0 or len(lengths) == 0:
+        return None
+    n = int(np.searchsorted(np.cumsum(lengths), max_rows, side="left")) + 1
+    per_batch = max(1, batch_rows // int(lengths.max()))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    comp, full, rows = 0.0, 0.0, 0
+    specs = m.array_specs()
+    for batch in batches_of(batch_loader(samples, sequential_keys([min(n, len(lengths))], [0], per_batch), 0)):
+        x = batch["x"].to(device)
+        z = samples.kind.rows(teacher(x), {**batch, "mask": batch["mask"].to(device)}).float()
+        t = targets_from_arrays(to_host(encode_targets(teacher_rows(z, m, gen), m), specs), m)
+        valid = t.counts > 0 if t.counts is not None else None
+        c, f = reconstruction_kl(z.cpu(), t.values, t.indices, t.lse[:, 0], m.temperatures[0], valid)
+        comp, full, rows = comp + float(c.sum()), full + float(f.sum()), rows + len(c)
+    return ReconstructionKL(compression=comp / rows, full=full / rows, rows=rows, temperature=m.temperatures[0])

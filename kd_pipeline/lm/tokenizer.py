@@ -48,12 +48,13 @@ def save_split(folder: Path, split: str, ids: np.ndarray, offsets: np.ndarray) -
     np.save(folder / f"{split}.offsets.npy", offsets)
 
 
-def load_split(folder: Path, split: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+def load_split(folder: Path, split: str, vocab_size: int, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """-> ids (N,) int32 (memory-mapped if `mmap`), offsets (D + 1,) int64; checked against vocab_size."""
     try:
-        ids = np.load(folder / f"{split}.ids.npy", allow_pickle=False)
+        ids = np.load(folder / f"{split}.ids.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
         offsets = np.load(folder / f"{split}.offsets.npy", allow_pickle=False)
     except FileNotFoundError as e:
-        raise DataError(f"{e.filename}: missing; run the lm_prepare stage first") from None
+        raise DataError(f"{e.filename}: missing; run the prepare_data stage first") from None
     if ids.dtype != np.int32 or ids.ndim != 1 or (len(ids) and (ids.min() < 0 or ids.max() >= vocab_size)):
         raise DataError(f"{folder / split}.ids.npy: expected (N,) int32 ids in [0, {vocab_size})")
     if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(ids) or (np.diff(offsets) < 1).any():
@@ -74,3 +75,19 @@ def windows(offsets: np.ndarray, context: int, min_len: int = 2) -> tuple[np.nda
     if not starts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(starts), np.concatenate(lengths)
+
+
+class TokenWindows:
+    """A map-style dataset of a tokenized split: item i is sample i's token ids (L,) int32, L <= context.
+    `lengths` (S,) are the samples' lengths (the store's rows per sample). Ids are memory-mapped, not loaded."""
+
+    def __init__(self, folder: Path, split: str, context: int, vocab_size: int):
+        self.ids, offsets = load_split(folder, split, vocab_size, mmap=True)
+        self.starts, self.lengths = windows(offsets, context)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        a = int(self.starts[i])
+        return np.asarray(self.ids[a : a + int(self.lengths[i])])

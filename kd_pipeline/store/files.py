@@ -15,11 +15,11 @@ from pathlib import Path
 
 from ..crashpoints import pause_point
 from ..errors import StoreError
-from .format import ATTR, CORE_ARRAYS, MARKERS, SAMPLES
+from .format import ATTR, CORE_ARRAYS, MARKERS, ROW_ARRAYS, SAMPLES
 
 SAMPLES_MARKER = "samples.json"  # _markers/samples.json: sha256 of samples.parquet
 # Everything a store folder may hold; anything else means the folder is not ours to delete.
-OWN_NAMES = {"zarr.json", SAMPLES, MARKERS, "features", *CORE_ARRAYS}
+OWN_NAMES = {"zarr.json", SAMPLES, MARKERS, "features", *CORE_ARRAYS, *ROW_ARRAYS}
 
 
 def fsync_file(path: Path) -> None:

@@ -6,7 +6,7 @@ Layout of a store folder:
     topk_indices/             (R, k) int16|int32      class ids of those logits
     lse/                      (R, T) float32          logsumexp(z / tau) over ALL classes, per temperature
     features/<name>/          (R, ...)                a teacher module's output per row
-    samples.parquet           sample_id, split, row, num_rows, label (nullable)
+    samples.parquet           sample_id, split, row, num_rows, label (nullable); sorted by row
   sequence stores (kind "sequence", docs/store-format-sequence.md) add:
     tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
     value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
@@ -32,6 +32,7 @@ ATTR = "kd_cache"
 SAMPLES = "samples.parquet"
 MARKERS = "_markers"
 CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
+ROW_ARRAYS = ("tokens", "value_scale", "sample_counts")  # arrays some stores add (array_specs)
 MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
 MAX_CLASSES = 2**24
 MAX_ROW_BYTES = 2**26  # 64 MiB of targets + features per row
@@ -68,6 +69,8 @@ class DatasetInfo(_Open):
     split_sizes: dict[str, int]
     num_samples: int = Field(ge=0, le=MAX_ROWS)
     fingerprint: str
+    # the split whose targets are stored for evaluation only (after the training rows); never trained on
+    eval_split: Optional[str] = None
 
 
 class FeatureInfo(_Open):
@@ -103,6 +106,9 @@ class Manifest(_Open):
     reconstruction_kl: Optional[ReconstructionKL] = None
     num_rows: int = Field(ge=0, le=MAX_ROWS)
     chunk_rows: int = Field(ge=1, le=2**24)
+    # concatenated: splits one after another (stores before kd-pipeline 0.2); interleaved: the training splits
+    # interleaved in proportion to their sizes, the eval split after them (kd_pipeline/layout.py)
+    row_order: Literal["concatenated", "interleaved"] = "concatenated"
     teacher: TeacherInfo
     dataset: DatasetInfo
     features: dict[str, FeatureInfo] = {}
@@ -120,6 +126,12 @@ class Manifest(_Open):
         for k in ("complete", "created_at", "created_with", "reconstruction_kl"):
             d.pop(k, None)
         return d
+
+    def target_bytes_per_row(self) -> int:
+        """Bytes of the stored targets per row (per token in a sequence store): every array but the input
+        tokens and the features."""
+        return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+                   for name, (shape, dtype) in self.array_specs().items() if name != "tokens" and not name.startswith("features/"))
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """array path -> (shape, dtype) that the arrays must have."""
@@ -178,6 +190,8 @@ def parse_manifest(raw, where: str) -> Manifest:
     for s in m.dataset.splits:
         if s not in m.dataset.split_sizes:
             raise StoreError(f"{where}: manifest.dataset.split_sizes: no size for split {s!r}")
+    if m.dataset.eval_split is not None and m.dataset.eval_split not in m.dataset.splits:
+        raise StoreError(f"{where}: manifest.dataset.eval_split: {_short(m.dataset.eval_split)} is not one of the splits {m.dataset.splits}")
     _check_sizes(m, where)
     return m
 

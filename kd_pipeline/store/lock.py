@@ -9,6 +9,10 @@ tell people who holds it. Needs a filesystem with working flock (local disks; NF
 Sharded teacher passes (process `shard` of `num_shards`, each writing its own blocks) hold `_lock.json`
 shared plus `_lock.shard-<i>-of-<n>.json` exclusive: shards run side by side, the same shard twice or an
 unsharded writer next to them is refused. Creating or replacing the store needs `_lock.json` exclusive.
+
+Opening is serialised by `_lock.create` (`creating`): a writer holds it, waiting for its turn, only while it
+checks the manifest and creates the store if needed. Shards started at the same instant on a new store
+therefore take turns instead of refusing each other: the first creates it, the others find it and resume.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import os
 import socket
 import sys
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -154,6 +160,33 @@ class StoreLock:
                 pass
             f.close()  # closing drops the flock
         self.files = []
+
+
+CREATE_LOCK = "_lock.create"
+CREATE_WAIT_S = 120.0  # how long a writer waits for another one to finish opening or creating the store
+
+
+@contextmanager
+def creating(store: Path, wait_s: float = CREATE_WAIT_S):
+    """Held while a writer checks and (re)creates the store; waits for its turn (polling, so a stuck holder
+    becomes a one-line error instead of a hang)."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"{store}: cannot create the store folder ({e.strerror})") from e
+    try:
+        f = open(store / CREATE_LOCK, "a+")
+    except OSError as e:
+        raise StoreError(f"{store / CREATE_LOCK}: cannot open the lock file ({e.strerror}); writing a store needs a writable location") from e
+    try:
+        deadline = time.monotonic() + wait_s
+        while not _try_flock(f, fcntl.LOCK_EX):
+            if time.monotonic() > deadline:
+                raise StoreError(f"{store}: another writer has been opening the store for {wait_s:.0f} s; is it stuck? ({_describe(_read_info(f))})")
+            time.sleep(0.02)
+        yield
+    finally:
+        f.close()  # drops the flock
 
 
 def active_holders(store: Path) -> list[dict]:

@@ -36,12 +36,12 @@ _SAMPLE_COLUMNS = {
 
 
 class CacheStore:
-    def __init__(self, path: Path, manifest: Manifest, arrays: dict[str, zarr.Array], samples: pa.Table, markers=None):
+    def __init__(self, path: Path, manifest: Manifest, arrays: dict[str, zarr.Array], samples: "SamplesIndex | None", markers=None):
         self.path = path
         self.markers = markers  # block -> array -> sha256 (complete stores), checked by check_block
         self.manifest = manifest
         self.arrays = arrays  # "topk_logits", "topk_indices", "lse", "features/<name>"
-        self.samples = samples
+        self.samples = samples  # None while the store is incomplete
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(arrays)))
 
     @property
@@ -134,9 +134,9 @@ def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
             raise StoreError(f"{where}: array {name}: zarr.json is larger than {MAX_ZARR_JSON} bytes")
     arrays = {name: _open_array(group, name, shape, dtype, m, where) for name, (shape, dtype) in m.array_specs().items()}
     if not m.complete:
-        return CacheStore(path, m, arrays, pa.table({k: pa.array([], t) for k, t in _SAMPLE_COLUMNS.items()}))
+        return CacheStore(path, m, arrays, None)
     markers = read_all_markers(path, m)
-    return CacheStore(path, m, arrays, _read_samples(path, m), markers)
+    return CacheStore(path, m, arrays, SamplesIndex(path, m), markers)
 
 
 def _open_array(group: zarr.Group, name: str, shape, dtype: str, m: Manifest, where: str) -> zarr.Array:
@@ -155,57 +155,137 @@ def _open_array(group: zarr.Group, name: str, shape, dtype: str, m: Manifest, wh
     return a
 
 
-def _read_samples(path: Path, m: Manifest) -> pa.Table:
-    f = path / SAMPLES
-    where = str(f)
-    if not f.is_file():
-        raise StoreError(f"{where}: missing")
-    limit = 4096 * m.num_rows + (64 << 20)  # bytes; ~20 per row is typical
-    if f.stat().st_size > limit:
-        raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
-    data = f.read_bytes()  # one row per sample: small next to the arrays
-    if hashlib.sha256(data).hexdigest() != samples_sha256(path):
-        raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
-    try:
-        reader = pq.ParquetFile(pa.BufferReader(data))
-        n_samples = sum(m.dataset.split_sizes.values())  # = num_rows for classification stores
-        if reader.metadata.num_rows != n_samples:  # checked before reading any column
-            says = f"num_rows={m.num_rows}" if m.kind == "classification" else f"{n_samples} samples"
-            raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says {says}")
-        t = reader.read()
-    except StoreError:
-        raise
-    except Exception as e:
-        raise StoreError(f"{where}: unreadable ({type(e).__name__})") from e
-    for col, typ in _SAMPLE_COLUMNS.items():
-        if col not in t.column_names:
-            raise StoreError(f"{where}: column {col} is missing")
-        if t.schema.field(col).type != typ:
-            raise StoreError(f"{where}: column {col} has type {t.schema.field(col).type}, expected {typ}")
-        if col != "label" and t[col].null_count:
-            raise StoreError(f"{where}: column {col} has nulls")
-    rows = t["row"].to_numpy()
-    n = t["num_rows"].to_numpy()
-    order = np.argsort(rows, kind="stable")
-    r, c = rows[order], n[order]
-    expect = np.concatenate([[0], np.cumsum(c)[:-1]]) if len(c) else c
-    if len(r) and not np.array_equal(r, expect):
-        i = int(np.flatnonzero(r != expect)[0])
-        raise StoreError(f"{where}: row {int(r[i])} (table row {int(order[i])}): rows overlap or leave a gap")
-    if int(c.sum()) != m.num_rows:
-        raise StoreError(f"{where}: covers {int(c.sum())} rows, manifest says num_rows={m.num_rows}")
-    if (c < 1).any():
-        raise StoreError(f"{where}: num_rows must be >= 1")
-    if m.kind == "classification" and (c != 1).any():
-        raise StoreError(f"{where}: classification stores have num_rows == 1 per sample")
-    lab = t["label"].fill_null(0).to_numpy()
-    bad = np.flatnonzero((lab < 0) | (lab >= m.num_classes))
-    if bad.size:
-        raise StoreError(f"{where}: table row {int(bad[0])}: label {int(lab[bad[0]])} outside [0, {m.num_classes})")
-    splits = t["split"].to_numpy(zero_copy_only=False)
-    ids = t["sample_id"].to_numpy()
-    for s, size in m.dataset.split_sizes.items():
-        sel = ids[splits == s]
-        if len(sel) != size or len(np.unique(sel)) != size:
-            raise StoreError(f"{where}: split {s!r} has {len(sel)} rows ({len(np.unique(sel))} distinct sample ids), manifest says {size}")
-    return t
+class SamplesIndex:
+    """samples.parquet, validated in one streamed pass at open and then read a block's samples at a time.
+
+    The pass checks (without holding the table): its sha256 against _markers/samples.json, the row count in
+    the footer, columns and types, rows sorted and covering 0..num_rows-1 exactly once, num_rows >= 1 (== 1 for
+    classification), split names from the manifest, sample ids in 0..split size-1 and distinct per split
+    (a bitmap: 1 byte per sample), labels in [0, num_classes) or null. It keeps each row group's row range, so
+    `block(start, stop)` reads only the row groups holding samples that start in [start, stop) (a store
+    written by kd-pipeline >= 0.2 has one row group per block)."""
+
+    def __init__(self, path: Path, m: Manifest):
+        self.path, self.m = path, m
+        self.split_codes = {s: i for i, s in enumerate(m.dataset.splits)}
+        self.stats = {s: {"samples": 0, "labelled": 0} for s in m.dataset.splits}
+        self.groups: list[tuple[int, int]] = []  # per row group: first row, one past its last sample's first row
+        # blocks in which some training sample starts (the rest hold only evaluation rows: never streamed)
+        self.train_blocks = np.zeros(m.num_blocks, bool)
+        self.eval_split = m.dataset.eval_split
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._validate()
+
+    def _file(self):
+        return pq.ParquetFile(str(self.path / SAMPLES))
+
+    def _validate(self) -> None:
+        f, m, where = self.path / SAMPLES, self.m, str(self.path / SAMPLES)
+        if not f.is_file():
+            raise StoreError(f"{where}: missing")
+        limit = 4096 * m.num_rows + (64 << 20)  # bytes; ~20 per row is typical
+        if f.stat().st_size > limit:
+            raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != samples_sha256(self.path):
+            raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
+        try:
+            reader = self._file()
+            n_samples = sum(m.dataset.split_sizes.values())  # = num_rows for classification stores
+            if reader.metadata.num_rows != n_samples:  # checked before reading any column
+                says = f"num_rows={m.num_rows}" if m.kind == "classification" else f"{n_samples} samples"
+                raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says {says}")
+            schema = reader.schema_arrow
+            for col, typ in _SAMPLE_COLUMNS.items():
+                if col not in schema.names:
+                    raise StoreError(f"{where}: column {col} is missing")
+                if schema.field(col).type != typ:
+                    raise StoreError(f"{where}: column {col} has type {schema.field(col).type}, expected {typ}")
+            seen = {s: np.zeros(n, bool) for s, n in m.dataset.split_sizes.items()}
+            expect, table_row = 0, 0
+            for g in range(reader.num_row_groups):
+                t = reader.read_row_group(g, columns=list(_SAMPLE_COLUMNS))
+                expect = self._check_group(t, g, expect, table_row, seen, where)
+                table_row += t.num_rows
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{where}: unreadable ({type(e).__name__})") from e
+        if expect != m.num_rows:
+            raise StoreError(f"{where}: covers {expect} rows, manifest says num_rows={m.num_rows}")
+        for s, bits in seen.items():
+            if not bits.all():
+                raise StoreError(f"{where}: split {s!r} has {int(bits.sum())} distinct sample ids, manifest says {len(bits)}")
+
+    def _check_group(self, t: pa.Table, g: int, expect: int, table_row: int, seen: dict, where: str) -> int:
+        m = self.m
+        for col in _SAMPLE_COLUMNS:
+            if col != "label" and t[col].null_count:
+                raise StoreError(f"{where}: column {col} has nulls")
+        rows, n = t["row"].to_numpy(), t["num_rows"].to_numpy()
+        if (n < 1).any():
+            raise StoreError(f"{where}: num_rows must be >= 1")
+        if m.kind == "classification" and (n != 1).any():
+            raise StoreError(f"{where}: classification stores have num_rows == 1 per sample")
+        want = expect + np.concatenate([[0], np.cumsum(n)[:-1]]) if len(n) else n
+        if len(rows) and not np.array_equal(rows, want):
+            i = int(np.flatnonzero(rows != want)[0])
+            raise StoreError(f"{where}: row {int(rows[i])} (table row {table_row + i}): rows are not sorted, or overlap or leave a gap")
+        lab = t["label"].fill_null(0).to_numpy()
+        bad = np.flatnonzero((lab < 0) | (lab >= m.num_classes))
+        if bad.size:
+            raise StoreError(f"{where}: table row {table_row + int(bad[0])}: label {int(lab[bad[0]])} outside [0, {m.num_classes})")
+        splits = t["split"].to_numpy(zero_copy_only=False)
+        ids = t["sample_id"].to_numpy()
+        has_label = ~np.asarray(t["label"].is_null())
+        for s in np.unique(splits):
+            if s not in seen:
+                raise StoreError(f"{where}: split {_short(s)} is not one of the manifest's splits {m.dataset.splits}")
+            sel = splits == s
+            sid = ids[sel]
+            if ((sid < 0) | (sid >= len(seen[s]))).any() or seen[s][sid].any() or len(np.unique(sid)) != len(sid):
+                raise StoreError(f"{where}: split {s!r}: a sample id is outside 0..{len(seen[s]) - 1} or appears twice")
+            seen[s][sid] = True
+            self.stats[s]["samples"] += len(sid)
+            self.stats[s]["labelled"] += int(has_label[sel].sum())
+            if s != self.eval_split:
+                self.train_blocks[rows[sel] // m.chunk_rows] = True
+        if len(rows):
+            self.groups.append((int(rows[0]), int(rows[-1]) + 1))
+        else:
+            self.groups.append((expect, expect))
+        return expect + int(n.sum())
+
+    def block(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The samples whose first row is in [start, stop), in row order: split (index into the manifest's
+        splits), sample_id, row, num_rows, label (-1 = null), as numpy arrays."""
+        parts = []
+        for g, (lo, hi) in enumerate(self.groups):
+            if hi > start and lo < stop:
+                if g not in self._cache:
+                    if len(self._cache) >= 4:
+                        self._cache.pop(next(iter(self._cache)))
+                    t = self._file().read_row_group(g, columns=list(_SAMPLE_COLUMNS))
+                    self._cache[g] = {
+                        "split": np.array([self.split_codes[s] for s in t["split"].to_pylist()], np.int64),
+                        "sample_id": t["sample_id"].to_numpy(), "row": t["row"].to_numpy(),
+                        "num_rows": t["num_rows"].to_numpy(), "label": t["label"].fill_null(-1).to_numpy(),
+                    }
+                a = self._cache[g]
+                sel = (a["row"] >= start) & (a["row"] < stop)
+                parts.append({k: v[sel] for k, v in a.items()})
+        if not parts:
+            return {k: np.zeros(0, np.int64) for k in ("split", "sample_id", "row", "num_rows", "label")}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def table(self) -> pa.Table:
+        """The whole table (tools and tests on small stores; training reads `block`)."""
+        return self._file().read()
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."

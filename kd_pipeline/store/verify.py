@@ -19,7 +19,7 @@ from ..errors import KDError
 from .format import ATTR, MARKERS, parse_manifest
 from .lock import active_holders
 from .markers import marker_path, mismatched, read_marker
-from .reader import _open_array, _read_samples, CacheStore
+from .reader import CacheStore, SamplesIndex, _open_array
 
 
 @dataclass
@@ -101,8 +101,8 @@ def verify_store(path: str | Path) -> Report:
 
     if m.complete:
         try:
-            t = _read_samples(path, m)
-            r.checked.append(f"samples.parquet: sha256 matches; {t.num_rows:,} rows cover rows 0..{m.num_rows - 1} once; splits {m.dataset.split_sizes}")
+            SamplesIndex(path, m)
+            r.checked.append(f"samples.parquet: sha256 matches; {sum(m.dataset.split_sizes.values()):,} samples cover rows 0..{m.num_rows - 1} once; splits {m.dataset.split_sizes}")
         except KDError as e:
             r.problems.append(str(e))
     return r

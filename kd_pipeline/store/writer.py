@@ -6,8 +6,10 @@ of sharding is the block: process `shard` of `num_shards` writes blocks b with b
 
 Lifecycle: `CacheWriter.open(path, manifest)` creates the store, or resumes one whose manifest identity
 matches (a different one is replaced: its parameters are stale); `pending_blocks()` lists blocks without a
-marker; `write_block(b, arrays)` writes and then marks; `finalize(table)` checks every marker, writes
-`samples.parquet` and only then sets `complete: true`.
+marker; `write_block(b, arrays, samples)` writes the block's chunks and the table rows of the samples that
+start in it (`_markers/samples-<b>.parquet`), then marks; `finalize()` checks every marker, writes
+`samples.parquet` from those parts (one row group per block, in row order: readers fetch a block's samples
+without the whole table) and only then sets `complete: true`.
 
 Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) from `open` until
 `finalize` or `close` (use it as a context manager); a block's
@@ -32,7 +34,7 @@ from ..crashpoints import pause_point
 from ..errors import StoreError
 from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, write_manifest
 from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
-from .lock import StoreLock
+from .lock import StoreLock, creating
 from .markers import block_sha256, marker_path
 
 
@@ -69,15 +71,16 @@ class CacheWriter:
     def open(cls, path: str | Path, manifest: Manifest, create: bool = True, shard: int = 0, num_shards: int = 1) -> "CacheWriter":
         """Resume the store at `path` if its manifest identity matches, else (re)create it. Holds the lock."""
         path = Path(path)
-        lock = StoreLock.acquire(path, shard, num_shards)
-        try:
-            writer = cls._open_locked(path, manifest, create, lock)
-        except OSError as e:
-            lock.release()
-            raise _os_error(path, "open the store for writing", e) from e
-        except BaseException:
-            lock.release()
-            raise
+        with creating(path):  # one opener at a time: shards started together never refuse each other
+            lock = StoreLock.acquire(path, shard, num_shards)
+            try:
+                writer = cls._open_locked(path, manifest, create, lock)
+            except OSError as e:
+                lock.release()
+                raise _os_error(path, "open the store for writing", e) from e
+            except BaseException:
+                lock.release()
+                raise
         writer.lock = lock
         return writer
 
@@ -125,8 +128,9 @@ class CacheWriter:
             if not self.marker_path(b).exists()
         ]
 
-    def write_block(self, b: int, arrays: dict[str, np.ndarray]) -> None:
-        """arrays: name -> the block's rows, each exactly (stop - start, ...) with the declared dtype."""
+    def write_block(self, b: int, arrays: dict[str, np.ndarray], samples: pa.Table | None = None) -> None:
+        """arrays: name -> the block's rows, each exactly (stop - start, ...) with the declared dtype.
+        samples: the samples.parquet rows of the samples whose first row is in this block (see samples_table)."""
         start, stop = self.block_rows(b)
         if set(arrays) != set(self.specs):
             raise ValueError(f"block {b}: arrays {sorted(arrays)} != declared {sorted(self.specs)}")
@@ -142,20 +146,27 @@ class CacheWriter:
                 for f in chunk_files(self.path, name, b, a.ndim):
                     fsync_file(f)
                 pause_point(f"block_array:{b}:{name}")
-            pause_point(f"block_chunks:{b}")
             marker = {"block": b, "rows": [start, stop], "sha256": sums}
+            if samples is not None:
+                data = _parquet_bytes(samples)
+                atomic_write(samples_part_path(self.path, b), data)
+                marker["samples_sha256"] = hashlib.sha256(data).hexdigest()
+            pause_point(f"block_chunks:{b}")
             atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}")
         except OSError as e:
             raise _os_error(self.path, f"write block {b} (rows {start}..{stop})", e) from e
 
     # ----------------------------------------------------------------------------------------- finalize
-    def finalize(self, table: pa.Table) -> Manifest:
+    def finalize(self, table: pa.Table | None = None) -> Manifest:
+        """Writes samples.parquet (from the blocks' parts, or `table` when the caller holds the whole table:
+        small stores made by tests and tools) and marks the store complete. A complete store is left as it is."""
+        if self.manifest.complete:
+            self.close()
+            return self.manifest
         missing = self.pending_blocks()
         if missing:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
-        buf = pa.BufferOutputStream()
-        pq.write_table(table, buf)
-        data = buf.getvalue().to_pybytes()
+        data = _parquet_bytes(table) if table is not None else self._assemble_samples()
         done = self.manifest.model_copy(update={"complete": True})
         try:
             atomic_write(self.path / SAMPLES, data)
@@ -165,8 +176,23 @@ class CacheWriter:
         except OSError as e:
             raise _os_error(self.path, "finalize the store", e) from e
         self.manifest = done
+        for b in range(self.manifest.num_blocks):  # folded into samples.parquet: no longer needed
+            samples_part_path(self.path, b).unlink(missing_ok=True)
         self.close()  # finished: nothing more to write, so another writer may open it
         return self.manifest
+
+    def _assemble_samples(self) -> bytes:
+        """samples.parquet from the blocks' parts, each checked against its marker, one row group per part."""
+        buf = pa.BufferOutputStream()
+        with pq.ParquetWriter(buf, SAMPLES_SCHEMA) as w:
+            for b in range(self.manifest.num_blocks):
+                part = samples_part_path(self.path, b)
+                want = json.loads(self.marker_path(b).read_bytes()).get("samples_sha256")
+                data = part.read_bytes() if part.is_file() else None
+                if data is None or hashlib.sha256(data).hexdigest() != want:
+                    raise StoreError(f"{part}: missing or does not match block {b}'s marker; delete that marker and rerun the cache_teacher stage")
+                w.write_table(pq.read_table(pa.BufferReader(data)).cast(SAMPLES_SCHEMA))
+        return buf.getvalue().to_pybytes()
 
 
 def _refuse_newer(path: Path) -> None:
@@ -189,6 +215,35 @@ def _read_manifest(path: Path) -> Manifest | None:
         return parse_manifest(raw, str(path))
     except Exception:
         return None  # unreadable or foreign: treated as absent, and replaced
+
+
+SAMPLES_SCHEMA = pa.schema([("sample_id", pa.int64()), ("split", pa.string()), ("row", pa.int64()),
+                            ("num_rows", pa.int64()), ("label", pa.int64())])
+
+
+def samples_part_path(path: Path, b: int) -> Path:
+    return path / MARKERS / f"samples-{b:08d}.parquet"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return buf.getvalue().to_pybytes()
+
+
+def span_table(names: list[str], span, labels: np.ndarray | None) -> pa.Table:
+    """samples.parquet rows for a layout Span (kd_pipeline/layout.py); labels (n,) int64, -1 = null."""
+    lab = np.full(len(span), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    return pa.table(
+        {
+            "sample_id": pa.array(span.sample_id, pa.int64()),
+            "split": pa.array([names[t] for t in span.split.tolist()], pa.string()),
+            "row": pa.array(span.row0, pa.int64()),
+            "num_rows": pa.array(span.num_rows, pa.int64()),
+            "label": pa.array(lab, pa.int64(), mask=lab < 0),
+        },
+        schema=SAMPLES_SCHEMA,
+    )
 
 
 def samples_table(split_sizes: dict[str, int], labels: dict[str, np.ndarray]) -> pa.Table:
