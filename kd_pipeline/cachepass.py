@@ -98,7 +98,7 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
     batches = batches_of(batch_loader(samples, keys(), num_workers, pin_memory=device.type == "cuda"))
     rows_written = 0
     inflight: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending)) as advance, \
+    with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending), enabled=shard == 0) as advance, \
             torch.inference_mode(), capture(teacher, features, "cache.features") as out:
         for b in pending:
             start, stop = writer.block_rows(b)

@@ -75,7 +75,7 @@ class SplitSamples(Dataset):
         if all(arrays[t] is not None for t in np.unique(split)):
             batch = self._gather(arrays, split, sid, where)
         else:
-            batch = self.kind.collate([self._item(int(t), int(j)) for t, j in zip(split, sid)], where)
+            batch = self.kind.collate(self._items(split, sid), where)
         batch["split"], batch["sample_id"] = split, sid
         return batch
 
@@ -84,9 +84,24 @@ class SplitSamples(Dataset):
         ids = np.arange(min(k, len(self.datasets[split])), dtype=np.int64)
         return self.__getitems__((np.full(len(ids), split, np.int64), ids))
 
-    def _item(self, t: int, j: int):
+    def _items(self, split: np.ndarray, sid: np.ndarray) -> list:
+        """Items in the order asked; a dataset with its own `__getitems__(ids)` gets one call per split."""
+        items: list = [None] * len(sid)
+        for t in np.unique(split):
+            pos = np.flatnonzero(split == t)
+            ds = self.datasets[int(t)]
+            if hasattr(ds, "__getitems__"):
+                got = self._call(int(t), int(sid[pos[0]]), lambda: ds.__getitems__(sid[pos].tolist()))
+                for p, it in zip(pos.tolist(), got):
+                    items[p] = it
+            else:
+                for p in pos.tolist():
+                    items[p] = self._call(int(t), int(sid[p]), lambda p=p: ds[int(sid[p])])
+        return items
+
+    def _call(self, t: int, j: int, fn):
         try:
-            return self.datasets[t][j]
+            return fn()
         except Exception as e:  # the user's own __getitem__: name the sample, exit 2
             msg = str(e).splitlines()[0] if str(e) else ""
             raise DataError(f"data: split {self.names[t]!r} sample {j}: reading it raised {type(e).__name__}: {msg}") from e

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -166,11 +167,15 @@ class CacheWriter:
         missing = self.pending_blocks()
         if missing:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
-        data = _parquet_bytes(table) if table is not None else self._assemble_samples()
         done = self.manifest.model_copy(update={"complete": True})
         try:
-            atomic_write(self.path / SAMPLES, data)
-            atomic_write(self.path / MARKERS / SAMPLES_MARKER, json.dumps({"sha256": hashlib.sha256(data).hexdigest()}).encode())
+            if table is not None:
+                data = _parquet_bytes(table)
+                atomic_write(self.path / SAMPLES, data)
+                sha = hashlib.sha256(data).hexdigest()
+            else:
+                sha = self._assemble_samples()
+            atomic_write(self.path / MARKERS / SAMPLES_MARKER, json.dumps({"sha256": sha}).encode())
             pause_point("samples_written")
             write_manifest(self.path, done.model_dump(mode="json"), pause="manifest_tmp")
         except OSError as e:
@@ -181,10 +186,11 @@ class CacheWriter:
         self.close()  # finished: nothing more to write, so another writer may open it
         return self.manifest
 
-    def _assemble_samples(self) -> bytes:
-        """samples.parquet from the blocks' parts, each checked against its marker, one row group per part."""
-        buf = pa.BufferOutputStream()
-        with pq.ParquetWriter(buf, SAMPLES_SCHEMA) as w:
+    def _assemble_samples(self) -> str:
+        """samples.parquet from the blocks' parts, each checked against its marker, one row group per part,
+        streamed to a temp file (never the whole table in memory), fsynced and renamed. -> its sha256."""
+        tmp = self.path / f".{SAMPLES}.{os.getpid()}.tmp"
+        with pq.ParquetWriter(str(tmp), SAMPLES_SCHEMA) as w:
             for b in range(self.manifest.num_blocks):
                 part = samples_part_path(self.path, b)
                 want = json.loads(self.marker_path(b).read_bytes()).get("samples_sha256")
@@ -192,7 +198,14 @@ class CacheWriter:
                 if data is None or hashlib.sha256(data).hexdigest() != want:
                     raise StoreError(f"{part}: missing or does not match block {b}'s marker; delete that marker and rerun the cache_teacher stage")
                 w.write_table(pq.read_table(pa.BufferReader(data)).cast(SAMPLES_SCHEMA))
-        return buf.getvalue().to_pybytes()
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        fsync_file(tmp)
+        os.replace(tmp, self.path / SAMPLES)
+        fsync_file(self.path)
+        return h.hexdigest()
 
 
 def _refuse_newer(path: Path) -> None:
