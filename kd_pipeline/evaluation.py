@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -12,20 +13,24 @@ from torch import nn
 from .training import predict
 
 
+def median_call_ms(call: Callable[[Any], Any], inputs: list, warmup: int = 10) -> float:
+    """Median wall time of call(x) over inputs[warmup:], in ms, after calling it on inputs[:warmup]."""
+    for x in inputs[:warmup]:
+        call(x)
+    times = []
+    for x in inputs[warmup:]:
+        t0 = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
 @torch.no_grad()
 def latency_per_sample_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
     """Median wall time of a batch-1 forward on CPU, in ms (after 10 warm-up calls)."""
     model = model.eval().cpu()
-    xs = [x[i % len(x) : i % len(x) + 1] for i in range(runs + 10)]
-    for xb in xs[:10]:
-        model(xb)
-    times = []
-    for xb in xs[10:]:
-        t0 = time.perf_counter()
-        model(xb)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000.0 * times[len(times) // 2]
+    return median_call_ms(model, [x[i % len(x) : i % len(x) + 1] for i in range(runs + 10)])
 
 
 def evaluate_models(models: dict[str, tuple[nn.Module, Path]], x: torch.Tensor, y: torch.Tensor, latency_runs: int, batch_size: int) -> dict:
