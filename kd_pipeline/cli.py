@@ -104,6 +104,32 @@ def verify(
             raise typer.Exit(2)
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder (the config's `out`, after `kd run`)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    model: str = typer.Option("student", "--model", help="Which checkpoint: student, baseline or teacher."),
+    int8: bool = typer.Option(False, "--int8", help="Also write onnxruntime's dynamic int8 quantisation, with its accuracy."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Refuse if max |Δlogit| (fp32 onnxruntime vs torch) exceeds this times max(1, max |logit|) [default: 1e-5]."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Refuse if top-1 agreement is below this [default: 1.0]."),
+    latency_runs: Optional[int] = typer.Option(None, "--latency-runs", min=1, help="Batch-1 calls timed per runtime [default: evaluate.latency_runs]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Export a trained model to ONNX, check onnxruntime against torch on the test split, time both on CPU."""
+    _state["debug"] |= debug
+    with _errors():
+        if fmt != "onnx":
+            raise KDError(f"--format {fmt}: only onnx is supported")
+        from .export import export_run, render
+
+        r = export_run(run, model, int8, tolerance, min_agreement, latency_runs)
+        if as_json:
+            typer.echo(json.dumps(r, indent=2))
+        else:
+            render(r)
+
+
 def main() -> None:
     app(prog_name="kd")
 

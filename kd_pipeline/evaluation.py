@@ -11,6 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,19 +21,24 @@ from torch import nn
 from .data import SplitSamples, batch_loader, batches_of, sequential_keys
 
 
+def median_call_ms(call: Callable[[Any], Any], inputs: list, warmup: int = 10) -> float:
+    """Median wall time of call(x) over inputs[warmup:], in ms, after calling it on inputs[:warmup]."""
+    for x in inputs[:warmup]:
+        call(x)
+    times = []
+    for x in inputs[warmup:]:
+        t0 = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
 @torch.no_grad()
 def latency_per_sample_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
     """Median wall time of a batch-1 forward on CPU, in ms (after 10 warm-up calls). x: (1, ...) one sample."""
     model = model.eval().cpu()
-    for _ in range(10):
-        model(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000.0 * times[len(times) // 2]
+    return median_call_ms(model, [x[i % len(x) : i % len(x) + 1] for i in range(runs + 10)])
 
 
 @torch.no_grad()

@@ -104,6 +104,12 @@ def is_fresh(cfg: PipelineConfig, stage: ModuleType) -> bool:
     return None not in outs.values() and outs == stamp.get("outs")
 
 
+def save_resolved_config(cfg: PipelineConfig) -> None:
+    """<out>/.kd/pipeline.json: the resolved config, so tools that start from a run folder (`kd export`) need no YAML."""
+    (cfg.out_dir / ".kd").mkdir(parents=True, exist_ok=True)
+    (cfg.out_dir / ".kd" / "pipeline.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+
+
 def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False, dist: Dist | None = None) -> list[str]:
     """Runs the stages in order (only those named in `only`, if given); returns the names that ran.
     Under torchrun (RANK/WORLD_SIZE in the environment) every process calls this: rank 0 decides what is
@@ -117,6 +123,7 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
     ran = []
     if dist.is_main:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(cfg)
     for stage in stages:
         if only and stage.NAME not in only:
             continue
