@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..store import CacheWriter, Manifest
-from ..store.values import decode_values, encode_values
+from ..store.values import decode_values, encode_relative
 from .batches import pad_samples
 from .reconstruction import reconstruction_kl
 from .targets import relative_logits, sampled_rows, topk_rows
@@ -41,23 +41,11 @@ def row_targets(logits: torch.Tensor, m: Manifest, generator: torch.Generator | 
 
 
 def encode_rows(t: dict[str, torch.Tensor], m: Manifest) -> dict[str, np.ndarray]:
-    """Targets -> the store's arrays (without `tokens`), in the manifest's dtypes.
-
-    The stored lse is the normaliser under which the *decoded* values carry exactly the teacher's mass on
-    the stored ids, lse' = lse + log(sum exp(v_dec / tau - lse) / sum exp(v / tau - lse)), so the tail mass
-    1 - sum p_i read back is exact. Plain rounding can push the decoded mass past 1 - tail (8-bit steps are
-    span/255 nats) and erase a small tail, which costs p_tail * log(p_tail / ~0) in the KL."""
-    out = encode_values(t["values"].cpu().numpy(), m.values_scheme, m.values_dtype)
+    """Targets -> the store's arrays (without `tokens`), in the manifest's dtypes; the stored lse absorbs
+    the rounding of the values (store.values.encode_relative), so the tail mass read back is exact."""
+    valid = t["counts"].cpu().numpy() > 0 if "counts" in t else None
+    out = encode_relative(t["values"].cpu().numpy(), t["lse"].cpu().numpy(), m.temperatures, m.values_scheme, m.values_dtype, valid)
     out["topk_indices"] = t["ids"].cpu().numpy().astype(m.indices_dtype)
-    v = torch.from_numpy(t["values"].cpu().numpy()).double()  # (n, k) exact relative values
-    v_dec = torch.from_numpy(decode_values(out, m.values_scheme)).double()
-    valid = (t["counts"].cpu() > 0) if "counts" in t else torch.ones_like(v, dtype=torch.bool)
-    lse = t["lse"].cpu().double()  # (n, T)
-    taus = torch.tensor(m.temperatures, dtype=torch.float64)
-    neg = torch.tensor(float("-inf"), dtype=torch.float64)
-    exact = torch.logsumexp(torch.where(valid[:, None], v[:, None] / taus[None, :, None], neg), dim=2)  # (n, T)
-    dec = torch.logsumexp(torch.where(valid[:, None], v_dec[:, None] / taus[None, :, None], neg), dim=2)
-    out["lse"] = (lse + dec - exact).numpy().astype(np.float32)
     if "counts" in t:
         out["sample_counts"] = t["counts"].cpu().numpy().astype(np.uint16)
     return out

@@ -7,6 +7,7 @@ relative  topk_logits = z - max(z) <= 0 in float16/float32, and lse = logsumexp(
 q8        relative values coded as uint8: code = round(-v / s), s = value_scale[r] (float16) per row,
           chosen so the row's smallest stored value maps to <= 255. Decoded v = -code * s. Error <= s/2.
 Relative values are clamped at -RELATIVE_FLOOR (exp(-1e4) is 0 in any float) so masked -inf logits stay finite.
+`encode_relative` is what writers call: the coded values plus an lse that absorbs their rounding.
 """
 
 from __future__ import annotations
@@ -37,3 +38,32 @@ def decode_values(block: dict[str, np.ndarray], scheme: str) -> np.ndarray:
     if scheme == "q8":
         return -v.astype(np.float32) * block["value_scale"].astype(np.float32)[:, None]
     return v.astype(np.float32)
+
+
+def encode_relative(rel: np.ndarray, lse: np.ndarray, temperatures, scheme: str, dtype: str,
+                    valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Exact relative values and their normalisers -> the stored arrays, lse absorbing the value rounding.
+
+    rel: (n, k) values relative to each row's top (<= 0); lse: (n, T) logsumexp(rel_full / tau_t) over all
+    classes; temperatures: the T taus; valid: (n, k) bool, False for padding slots (sampled rows), or None.
+    Returns topk_logits [+ value_scale] as `encode_values`, and lse (n, T) float32: the normaliser under which
+    the *decoded* values carry exactly the mass of the exact ones on the stored ids,
+        lse' = lse + log(sum_i exp(v_dec_i / tau - lse) / sum_i exp(v_i / tau - lse)),
+    so the tail mass 1 - sum p_i read back is exact. Plain rounding can push the decoded mass past 1 - tail
+    (8-bit steps are span/255 nats) and erase a small tail, which costs p_tail * log(p_tail / ~0) in the KL."""
+    out = encode_values(rel, scheme, dtype)
+    taus = np.asarray(temperatures, np.float64)[None, :, None]  # (1, T, 1)
+    exact = _masked_lse(rel.astype(np.float64)[:, None, :] / taus, valid)  # (n, T)
+    dec = _masked_lse(decode_values(out, scheme).astype(np.float64)[:, None, :] / taus, valid)
+    out["lse"] = (lse.astype(np.float64) + dec - exact).astype(np.float32)
+    return out
+
+
+def _masked_lse(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """logsumexp over the last axis of x (n, T, k), slots with valid (n, k) False left out."""
+    if valid is not None:
+        x = np.where(valid[:, None, :], x, -np.inf)
+    top = x.max(axis=2, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (top + np.log(np.exp(x - top).sum(axis=2, keepdims=True)))[..., 0]
