@@ -79,8 +79,9 @@ def _fill_outside_union(cand_p, cand_i, count, uniq, base, C: int, k: int) -> No
     short = np.flatnonzero(count < k)
     if short.size == 0:
         return
-    cand = np.arange(k, dtype=np.int64)[None, :]  # (1, k) candidate ids
-    free = ~np.isin(short[:, None] * C + cand, uniq)  # (m, k) not in the row's union
+    keys = short[:, None] * C + np.arange(k, dtype=np.int64)[None, :]  # (m, k) candidate (row, id) keys
+    at = np.minimum(np.searchsorted(uniq, keys), len(uniq) - 1)  # uniq is sorted; np.isin would sort it again
+    free = uniq[at] != keys  # (m, k) not in the row's union
     rank = np.cumsum(free, axis=1) - 1
     take = free & (rank < (k - count[short])[:, None])
     r, c = np.nonzero(take)
