@@ -118,7 +118,7 @@ def merge(
     with _errors():
         from .merge import merge_stores, parse_weights
 
-        m = merge_stores(stores, out, parse_weights(weights, len(stores)), temperature, top_k)
+        m = merge_stores(stores, out, parse_weights(weights), temperature, top_k)
         w = ", ".join(f"{s['weight']:.4g}" for s in m.sources)
         typer.echo(f"{out}: mixture of {len(stores)} stores (weights {w}) at temperature {m.temperatures[0]:g}, top_k {m.top_k}, {m.num_rows:,} rows")
 

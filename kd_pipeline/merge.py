@@ -28,17 +28,14 @@ from .store.format import indices_dtype
 from .store.values import decode_values, encode_relative
 
 
-def parse_weights(text: str | None, n: int) -> list[float] | None:
+def parse_weights(text: str | None) -> list[float] | None:
     """'0.7,0.3' -> [0.7, 0.3]; None -> None (equal weights). ConfigError naming --weights otherwise."""
     if text is None:
         return None
     try:
-        w = [float(x) for x in text.split(",")]
+        return [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights: {text!r} is not a comma-separated list of numbers") from None
-    if len(w) != n:
-        raise ConfigError(f"--weights: {len(w)} weights for {n} stores")
-    return w
 
 
 def merge_stores(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
