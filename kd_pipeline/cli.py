@@ -130,6 +130,25 @@ def export(
             render(r)
 
 
+@app.command()
+def merge(
+    stores: List[Path] = typer.Argument(..., help="Stores of the same data, one per teacher."),
+    out: Path = typer.Option(..., "--out", help="Folder of the merged (ensemble) store."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Mixture weights, one per store, e.g. 0.7,0.3 (normalised; default equal)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="The one temperature of the mixture; every store must declare it (default: the first common one)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Ids kept per row (default: num_classes or the sum of the stores' k, the smaller)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    """Write the weighted mixture of several teachers' stores as one store (multi-teacher KD)."""
+    _state["debug"] |= debug
+    with _errors():
+        from .merge import merge_stores, parse_weights
+
+        m = merge_stores(stores, out, parse_weights(weights), temperature, top_k)
+        w = ", ".join(f"{s['weight']:.4g}" for s in m.sources)
+        typer.echo(f"{out}: mixture of {len(stores)} stores (weights {w}) at temperature {m.temperatures[0]:g}, top_k {m.top_k}, {m.num_rows:,} rows")
+
+
 def main() -> None:
     app(prog_name="kd")
 

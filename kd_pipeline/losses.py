@@ -17,10 +17,18 @@ from .errors import StoreError
 from .targets import Targets
 
 
-def temperature_index(targets_temps: tuple[float, ...], tau: float) -> int:
-    for i, t in enumerate(targets_temps):
+def find_temperature(temps, tau: float) -> int | None:
+    """Index of tau among a store's temperatures (equal to 1e-6 relative), or None."""
+    for i, t in enumerate(temps):
         if abs(t - tau) <= 1e-6 * max(1.0, abs(tau)):
             return i
+    return None
+
+
+def temperature_index(targets_temps: tuple[float, ...], tau: float) -> int:
+    i = find_temperature(targets_temps, tau)
+    if i is not None:
+        return i
     raise StoreError(
         f"distill.temperature: {tau} is not one of the store's temperatures {list(targets_temps)}; "
         "re-run cache_teacher with it in cache.temperatures"

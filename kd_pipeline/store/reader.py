@@ -281,6 +281,15 @@ class SamplesIndex:
             return {k: np.zeros(0, np.int64) for k in ("split", "sample_id", "row", "num_rows", "label")}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def block_table(self, start: int, stop: int) -> pa.Table:
+        """`block(start, stop)` as samples.parquet rows (to copy them into another store)."""
+        a = self.block(start, stop)
+        lab = a["label"]
+        return pa.table({"sample_id": pa.array(a["sample_id"], pa.int64()),
+                         "split": pa.array([self.m.dataset.splits[i] for i in a["split"].tolist()], pa.string()),
+                         "row": pa.array(a["row"], pa.int64()), "num_rows": pa.array(a["num_rows"], pa.int64()),
+                         "label": pa.array(lab, pa.int64(), mask=lab < 0)})
+
     def table(self) -> pa.Table:
         """The whole table (tools and tests on small stores; training reads `block`)."""
         return self._file().read()

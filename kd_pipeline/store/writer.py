@@ -161,7 +161,9 @@ class CacheWriter:
     def finalize(self, table: pa.Table | None = None) -> Manifest:
         """Writes samples.parquet (from the blocks' parts, or `table` when the caller holds the whole table:
         small stores made by tests and tools) and marks the store complete. A complete store is left as it is."""
-        if self.manifest.complete:
+        if self.manifest.complete:  # e.g. blocks rewritten after their markers were deleted (repair)
+            for b in range(self.manifest.num_blocks):
+                samples_part_path(self.path, b).unlink(missing_ok=True)  # samples.parquet already holds them
             self.close()
             return self.manifest
         missing = self.pending_blocks()
