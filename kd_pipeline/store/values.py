@@ -49,9 +49,10 @@ def encode_targets(t: dict[str, torch.Tensor], m) -> dict[str, torch.Tensor]:
     value_scale, sample_counts]) in the manifest's dtypes, on the targets' device. m: the store's Manifest.
 
     The stored lse is the normaliser under which the *decoded* values carry exactly the teacher's mass on the
-    stored ids, lse' = lse + log(sum exp(v_dec / tau - lse) / sum exp(v / tau - lse)) (in float64, rounded up
-    to float32 so the mass read back never exceeds it): the tail mass 1 - sum p_i read back is exact. Plain
-    rounding can push the decoded mass past 1 - tail and erase a small tail (fp16 values, 8-bit steps)."""
+    stored ids, lse' = lse + log(sum exp(v_dec / tau - lse) / sum exp(v / tau - lse)) (in float64, at least the
+    decoded values' own logsumexp, rounded up to float32): the tail mass 1 - sum p_i read back is exact and never
+    negative. Plain rounding can push the decoded mass past 1 - tail and erase a small tail (fp16 values,
+    8-bit steps)."""
     out = _encode_values(t["values"], m.values_scheme, m.values_dtype)
     out["topk_indices"] = t["ids"].to(getattr(torch, m.indices_dtype))
     v = t["values"].double().clamp(min=-RELATIVE_FLOOR)  # (n, k) exact relative values
@@ -61,7 +62,9 @@ def encode_targets(t: dict[str, torch.Tensor], m) -> dict[str, torch.Tensor]:
     neg = torch.tensor(float("-inf"), dtype=torch.float64, device=v.device)
     exact = torch.logsumexp(torch.where(valid[:, None], v[:, None] / taus[None, :, None], neg), dim=2)  # (n, T)
     dec = torch.logsumexp(torch.where(valid[:, None], v_dec[:, None] / taus[None, :, None], neg), dim=2)
-    lse = t["lse"].double() + dec - exact
+    # never below the decoded values' own logsumexp: the mass read back on the stored ids is <= 1, so the tail is
+    # >= 0, even where the float32 lse of the full row is a rounding below the true one (a tail of ~1e-9)
+    lse = torch.maximum(t["lse"].double() + dec - exact, dec)
     lse32 = lse.float()
     out["lse"] = torch.where(lse32.double() < lse, torch.nextafter(lse32, torch.full_like(lse32, float("inf"))), lse32)
     if "counts" in t:
