@@ -56,6 +56,10 @@ class CacheConfig(Strict):
     # topk: the k largest logits + exact tail (lse). sampled: `draws` ids drawn per row from the teacher at
     # temperatures[0], stored once each with their counts (random-sampling KD; sequence pipelines only)
     targets: Literal["topk", "sampled"] = "topk"
+    # how ids are stored: plain ints, or packed = ceil(log2 num_classes) bits each (lossless; 68 instead of 128
+    # B/token at V = 128,256, k = 32). auto = packed for sequence pipelines (unpacking costs no measurable
+    # stream speed, docs/benchmarks.md), plain for classification ones (their writer stores plain ids only)
+    ids: Literal["auto", "plain", "packed"] = "auto"
     draws: int = Field(64, ge=1, le=65535)  # m, for targets: sampled; the stored width is min(m, vocab)
     features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)
     chunk_rows: int = Field(4096, ge=1)  # rows per chunk = rows per write block
@@ -202,7 +206,7 @@ def _check(cfg: PipelineConfig, src) -> None:
     n = cfg.data.num_classes
     if cfg.pipeline == "classification":
         for p, bad in (("teacher_train", cfg.teacher_train is None), ("cache.targets", cfg.cache.targets != "topk"),
-                       ("cache.values_dtype", cfg.cache.values_dtype == "uint8")):
+                       ("cache.values_dtype", cfg.cache.values_dtype == "uint8"), ("cache.ids", cfg.cache.ids == "packed")):
             if bad:
                 raise ConfigError(f"{src(p)}: {p}: {'required' if p == 'teacher_train' else 'sequence pipelines only'} for pipeline: classification")
     if not 1 <= cfg.cache.top_k <= n:

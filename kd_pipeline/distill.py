@@ -18,6 +18,7 @@ from .errors import StoreError
 from .hooks import capture
 from .losses import kd_loss, temperature_index
 from .store import CacheStore
+from .store.ids import decode_ids
 from .targets import Targets
 from .training import Batch
 
@@ -81,7 +82,7 @@ def kd_batches(stream, x_rows: torch.Tensor, y_rows: torch.Tensor, store: CacheS
         rows = torch.from_numpy(b["row"])
         t = Targets(
             values=torch.from_numpy(b["topk_logits"]).float(),
-            indices=torch.from_numpy(b["topk_indices"]).long(),
+            indices=torch.from_numpy(decode_ids(b, m)).long(),
             lse=torch.from_numpy(b["lse"]),
             temperatures=tuple(m.temperatures),
             num_classes=m.num_classes,

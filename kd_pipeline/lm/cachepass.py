@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..store import CacheWriter, Manifest
+from ..store.ids import decode_ids, encode_ids
 from ..store.values import decode_values, encode_values
 from .batches import pad_samples
 from .reconstruction import reconstruction_kl
@@ -48,7 +49,7 @@ def encode_rows(t: dict[str, torch.Tensor], m: Manifest) -> dict[str, np.ndarray
     1 - sum p_i read back is exact. Plain rounding can push the decoded mass past 1 - tail (8-bit steps are
     span/255 nats) and erase a small tail, which costs p_tail * log(p_tail / ~0) in the KL."""
     out = encode_values(t["values"].cpu().numpy(), m.values_scheme, m.values_dtype)
-    out["topk_indices"] = t["ids"].cpu().numpy().astype(m.indices_dtype)
+    out["topk_indices"] = encode_ids(t["ids"].cpu().numpy(), m)
     v = torch.from_numpy(t["values"].cpu().numpy()).double()  # (n, k) exact relative values
     v_dec = torch.from_numpy(decode_values(out, m.values_scheme)).double()
     valid = (t["counts"].cpu() > 0) if "counts" in t else torch.ones_like(v, dtype=torch.bool)
@@ -67,7 +68,7 @@ def rows_from_arrays(a: dict[str, np.ndarray], m: Manifest) -> dict[str, torch.T
     """Store arrays of some rows -> values (decoded, float32), ids (int64), lse[, counts]: what a loss reads."""
     t = {
         "values": torch.from_numpy(decode_values(a, m.values_scheme)),
-        "ids": torch.from_numpy(a["topk_indices"].astype(np.int64)),
+        "ids": torch.from_numpy(decode_ids(a, m).astype(np.int64)),
         "lse": torch.from_numpy(np.ascontiguousarray(a["lse"], dtype=np.float32)),
     }
     if "sample_counts" in a:

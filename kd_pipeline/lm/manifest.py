@@ -34,6 +34,7 @@ def sequence_manifest(cfg, split: str, ids: np.ndarray, starts: np.ndarray, leng
         temperatures=list(c.temperatures),
         values_dtype=c.values_dtype,
         indices_dtype=indices_dtype(V),
+        indices_scheme="plain" if c.ids == "plain" else "packed",
         values_scheme="q8" if c.values_dtype == "uint8" else "relative",
         targets=c.targets,
         sample_draws=c.draws if sampled else None,
