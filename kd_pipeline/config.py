@@ -57,8 +57,9 @@ class CacheConfig(Strict):
     # temperatures[0], stored once each with their counts (random-sampling KD; sequence pipelines only)
     targets: Literal["topk", "sampled"] = "topk"
     # how ids are stored: plain ints, or packed = ceil(log2 num_classes) bits each (lossless; 68 instead of 128
-    # B/token at V = 128,256, k = 32). auto = packed for sequence pipelines (unpacking costs no measurable
-    # stream speed, docs/benchmarks.md), plain for classification ones (their writer stores plain ids only)
+    # B/token at V = 128,256, k = 32). auto = packed for sequence pipelines (streaming 5-20% slower, still far
+    # faster than a student trains: docs/benchmarks.md LM 4), plain for classification ones (their writer
+    # stores plain ids only)
     ids: Literal["auto", "plain", "packed"] = "auto"
     draws: int = Field(64, ge=1, le=65535)  # m, for targets: sampled; the stored width is min(m, vocab)
     features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)

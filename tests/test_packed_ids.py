@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,16 @@ def test_config_packs_sequence_stores_by_default_and_refuses_packed_for_classifi
     assert sequence_manifest(cfg, "train", one, one, np.array([1]), "0" * 64).indices_scheme == "plain"
     with pytest.raises(ConfigError, match=r"cache.ids: sequence pipelines only for pipeline: classification"):
         load_config("pipeline.yaml", ["cache.ids=packed"])
+
+
+def test_plain_zarr_reads_packed_ids_as_the_format_page_says(tmp_path):
+    """The numpy lines of docs/store-format.md (Packed ids), run on a packed store opened with zarr alone."""
+    import zarr
+
+    plain, _ = _two_stores(tmp_path, 262_144, k=12)
+    doc = (Path(__file__).parents[1] / "docs" / "store-format.md").read_text()
+    snippet = doc.split("### Packed ids", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    g = zarr.open_group(str(tmp_path / "packed"), mode="r")
+    env = {"np": np, "g": g, "meta": g.attrs["kd_cache"], "rows": slice(0, 8)}
+    exec(snippet, env)
+    assert np.array_equal(env["ids"], plain["topk_indices"][:8])

@@ -8,8 +8,8 @@ packed  topk_indices (R, ceil(k*b/8)) uint8 with b = ceil(log2 V) bits per id (1
 At V = 128,256 and k = 32 that is 68 B per row instead of 128 (int32). Sorting the ids would save about
 log2(k!) bits more per row, but readers rely on ids in value order, so this code does not reorder them.
 
-Speed (bench/lm_ids.py): unpacking reads each id with one unaligned 32-bit load, a shift and a mask,
-vectorised over the block.
+Speed (`python -m bench.lm_speed --ids`, docs/benchmarks.md LM 4): unpacking reads each id with one unaligned
+32-bit load, a shift and a mask, vectorised over the block: 0.6 ms for 16,384 rows of 32 ids (~1.2 ns per id).
 """
 
 from __future__ import annotations
