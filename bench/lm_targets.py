@@ -6,6 +6,12 @@ one tail bucket; full: tail spread over the ids not stored), for the teacher's l
 sharpened x2.5 (closer to a real LLM's entropy, as in shared/notes/llm-targets.md). Bytes per token at
 V = 8192 (int16 ids) and at V = 128,256 (int32 ids), ratio to full fp32 logits.
 Run: OMP_NUM_THREADS=2 python -m bench.lm_targets [tokens]   (teacher: bench/lm_pipeline.yaml)
+
+`--packed [tokens]`: packed ids (ceil(log2 V) bits each) at V = 8,192, 128,256, 151,936 and 262,144, top-k
+q8 and fp16 values, k in PACKED_KS: bytes per token and the two KLs, beside a peer's published figures
+(PEER). The teacher's vocabulary is 8192; at a larger V its ids are renamed by a fixed injection into [0, V)
+(bench.lm_common.id_injection: the same distribution, the largest ids in use) and every row goes through
+encode_rows -> pack -> unpack -> rows_from_arrays at that V; the decoded ids must map back exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from bench.lm_common import first_tokens, lm_setup, scheme_manifest
+from bench.lm_common import first_tokens, id_injection, lm_setup, scheme_manifest
 from kd_pipeline.lm.cachepass import encode_rows, row_targets, rows_from_arrays, teacher_rows
 from kd_pipeline.lm.manifest import target_bytes_per_token
 from kd_pipeline.lm.reconstruction import reconstruction_kl
@@ -25,12 +32,17 @@ KS = (1, 8, 32, 128)
 SCHEMES = [(t, d) for t in ("topk", "sampled") for d in ("float16", "uint8")]
 
 
-def main(n_tokens: int = 20000) -> None:
+def held_out_logits(n_tokens: int):
+    """-> cfg, the teacher's full logits (n, V) float32 over the first ~n_tokens validation tokens."""
     cfg, teacher, (ids, starts, lengths) = lm_setup("val")
-    V = cfg.data.num_classes
     s, n = first_tokens(starts, lengths, n_tokens)
     with torch.no_grad():
-        logits = torch.cat(list(teacher_rows(teacher, ids, s, n, 16, torch.device("cpu"))))
+        return cfg, torch.cat(list(teacher_rows(teacher, ids, s, n, 16, torch.device("cpu"))))
+
+
+def main(n_tokens: int = 20000) -> None:
+    cfg, logits = held_out_logits(n_tokens)
+    V = cfg.data.num_classes
     gen = torch.Generator().manual_seed(0)
     rows = []
     for scale in (1.0, 2.5):
@@ -63,5 +75,94 @@ def main(n_tokens: int = 20000) -> None:
           f"x2.5 {rows[-1]['entropy']:.2f} nats")
 
 
+VOCABS = (8192, 128_256, 151_936, 262_144)
+PACKED_KS = (8, 32, 50, 64, 96, 128)
+# A peer's figures, as published 2026-11-28 (teacher: 4-layer d=256 causal LM, byte-level BPE vocab 8192, stdlib
+# sources, entropy 5.6 nats x1 / 1.3 nats x2.5): bytes/token at V = 8192 and 128,256 (bit-packed ids), and
+# KL (x1, x2.5) in nats at tau = 1.
+PEER = {
+    "DistillKit recommended (k=128, 16 exact bf16 + polynomial fit)": {"k": 128, "bytes": {8192: 264, 128_256: 328}, "compression": (7.8e-2, 1.5e-2), "full": (0.345, 0.029)},
+    "DistillKit budget (k=50)": {"k": 50, "bytes": {8192: 96, 128_256: 121}, "compression": (2.3e-2, 1.5e-1), "full": (0.472, 0.193)},
+    "DistillKit quick-start (k=128, 32 exact fp32, delta)": {"k": 128, "bytes": {8192: 348, 128_256: 412}, "compression": (8.5e-5, 6.6e-5), "full": (0.267, 0.014)},
+}
+
+
+def peer_bytes(p: dict, V: int) -> tuple[float, bool]:
+    """-> (bytes/token, published?). Not published at other V: derived as their 8192 figure + k*(b - 13)/8 for
+    b-bit packed ids, which is exactly how their 128,256 figures follow from their 8192 ones (+ k * 4/8)."""
+    if V in p["bytes"]:
+        return p["bytes"][V], True
+    return p["bytes"][8192] + p["k"] * ((V - 1).bit_length() - 13) / 8, False
+
+
+def packed_rows(n_tokens: int = 20000) -> None:
+    cfg, logits = held_out_logits(n_tokens)
+    base = cfg.data.num_classes
+    maps = {V: id_injection(V, logits.argmax(1).numpy(), base) for V in VOCABS}
+    inverse = {V: np.full(V, -1, np.int64) for V in VOCABS}
+    for V in VOCABS:
+        inverse[V][maps[V]] = np.arange(base)
+    rows, step, entropy = [], 2048, {}
+    for scale in (1.0, 2.5):
+        z = logits * scale
+        entropy[scale] = float(sum(-(torch.softmax(c, 1) * torch.log_softmax(c, 1)).sum() for c in z.split(step)) / len(z))
+        for k in PACKED_KS:
+            m0 = scheme_manifest(base, k, "float16", "topk")
+            targets = [row_targets(z[i : i + step], m0) for i in range(0, len(z), step)]  # top-k at the teacher's V
+            for dtype in ("uint8", "float16"):
+                for V in VOCABS:
+                    m = scheme_manifest(V, k, dtype, "topk", ids="packed")
+                    comp = full = 0.0
+                    for i, t in zip(range(0, len(z), step), targets):
+                        t = dict(t, ids=torch.from_numpy(maps[V])[t["ids"]])  # renamed into [0, V)
+                        d = rows_from_arrays(encode_rows(t, m), m)
+                        assert torch.equal(d["ids"], t["ids"]), f"packed ids did not round-trip at V={V}"
+                        back = torch.from_numpy(inverse[V])[d["ids"]]  # the teacher's own ids again
+                        c, f = reconstruction_kl(z[i : i + step], d["values"], back, d["lse"][:, 0], 1.0)
+                        comp, full = comp + float(c.sum()), full + float(f.sum())
+                    b = target_bytes_per_token(m)
+                    rows.append({"scale": scale, "k": k, "values": dtype, "vocab": V, "id_bits": (V - 1).bit_length(),
+                                 "bytes_per_token": b, "bytes_plain_ids": target_bytes_per_token(scheme_manifest(V, k, dtype, "topk")),
+                                 "compression_kl": comp / len(z), "full_kl": full / len(z)})
+                    r = rows[-1]
+                    print(f"x{scale} k={k:3d} {dtype:7s} V={V:7d} {b:4d} B/token (plain ids {r['bytes_plain_ids']:4d})  "
+                          f"compression KL {r['compression_kl']:.2e}  full KL {r['full_kl']:.3f}", flush=True)
+    compare = _against_peer(rows)
+    out = Path("bench/out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lm_ids_targets.json").write_text(json.dumps({"tokens": len(logits), "teacher_vocab": base, "entropy": entropy, "rows": rows, "peer": compare}, indent=1))
+    print(f"{len(logits)} held-out tokens, teacher vocab {base}, entropy x1 {entropy[1.0]:.2f} nats, x2.5 {entropy[2.5]:.2f} nats")
+
+
+def _against_peer(rows: list[dict]) -> list[dict]:
+    """Per peer scheme and V: our scheme at the same k, and our largest k with fewer bytes and lower
+    compression KL at both scales."""
+    ours = {}
+    for r in rows:
+        ours.setdefault((r["k"], r["values"], r["vocab"]), {})[r["scale"]] = r
+    out = []
+    for name, p in PEER.items():
+        for V in VOCABS:
+            pb, published = peer_bytes(p, V)
+            def wins(x):
+                return x[1.0]["bytes_per_token"] < pb and all(x[s]["compression_kl"] < c for s, c in zip((1.0, 2.5), p["compression"]))
+            same_k = ours[(p["k"], "uint8", V)]
+            best = max((x for (k, d, v), x in ours.items() if v == V and wins(x)), key=lambda x: (x[1.0]["k"], -x[1.0]["bytes_per_token"]), default=None)
+            e = {"peer": name, "vocab": V, "peer_bytes": pb, "peer_bytes_published": published,
+                 "same_k_q8": {"bytes": same_k[1.0]["bytes_per_token"], "wins": wins(same_k)},
+                 "best": None if best is None else {"k": best[1.0]["k"], "values": best[1.0]["values"], "bytes": best[1.0]["bytes_per_token"],
+                                                    "compression_kl": [best[s]["compression_kl"] for s in (1.0, 2.5)],
+                                                    "full_kl": [best[s]["full_kl"] for s in (1.0, 2.5)]}}
+            out.append(e)
+            b = e["best"]
+            print(f"{name} at V={V}: {pb:g} B{'' if published else ' (derived)'}; ours at k={p['k']} q8 {e['same_k_q8']['bytes']} B "
+                  f"({'fewer bytes and lower KL' if e['same_k_q8']['wins'] else 'not both'}); largest k with both: "
+                  + ("none" if b is None else f"k={b['k']} {b['values']} {b['bytes']} B, compression KL {b['compression_kl'][0]:.1e} / {b['compression_kl'][1]:.1e}, full KL {b['full_kl'][0]:.3f} / {b['full_kl'][1]:.3f}"))
+    return out
+
+
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    if sys.argv[1:2] == ["--packed"]:
+        packed_rows(*(int(a) for a in sys.argv[2:]))
+    else:
+        main(*(int(a) for a in sys.argv[1:]))

@@ -57,27 +57,26 @@ def probe_features(teacher: nn.Module, samples: SplitSamples, kind, features: di
     return {name: list(rows[f"features/{name}"].shape[1:]) for name in features}
 
 
-def _not_finite(logits: torch.Tensor, span: Span, offset: int, names: list[str]) -> str | None:
-    """A message naming the first sample whose teacher output has a non-finite value, else None."""
-    ok = torch.isfinite(logits).all(dim=1)
-    if bool(ok.all()):  # one sync per block
+def _not_finite(finite: torch.Tensor, span: Span, offset: int, names: list[str]) -> str | None:
+    """finite: (n,) bool per written row. A message naming the first sample with a non-finite teacher output."""
+    if bool(finite.all()):  # one sync per block
         return None
-    row = int((~ok).nonzero()[0, 0]) + offset  # row within the span's rows
+    row = int((~finite).nonzero()[0, 0]) + offset  # row within the span's rows
     i = int(np.searchsorted(np.cumsum(span.num_rows), row, side="right"))
     return f"split {names[int(span.split[i])]!r} sample {int(span.sample_id[i])}"
 
 
-def _host(block: dict[str, torch.Tensor], specs: dict) -> Callable[[], dict[str, np.ndarray]]:
+def _host(block: dict[str, torch.Tensor], m: Manifest) -> Callable[[], dict[str, np.ndarray]]:
     """Starts the device->host copy of a block; the returned function waits for it (in the writer thread)."""
     first = next(iter(block.values()))
     if first.device.type != "cuda":
-        return lambda: to_host(block, specs)
+        return lambda: to_host(block, m)
     pinned = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in block.items()}
     for k, v in block.items():
         pinned[k].copy_(v, non_blocking=True)
     done = torch.cuda.Event()
     done.record()
-    return lambda: (done.synchronize(), to_host(pinned, specs))[1]
+    return lambda: (done.synchronize(), to_host(pinned, m))[1]
 
 
 def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, samples: SplitSamples, kind,
@@ -104,22 +103,25 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
             start, stop = writer.block_rows(b)
             s = layout.overlapping(start, stop)
             parts, labels = [], []
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)  # a resumed block draws the same
             for _ in range(0, len(s), batch_size):
                 batch = next(batches)
-                parts.append(_forward(teacher, batch, kind, features, device, dtype, out))
+                rows = _forward(teacher, batch, kind, features, device, dtype, out)
+                logits = rows.pop("logits")  # (n, C): reduced to targets batch by batch, never kept for a block
+                t = teacher_rows(logits, m, gen)
+                # a NaN or +inf logit makes the row's max, so its lse, NaN; -inf (a masked class) is allowed
+                parts.append({**t, **rows, "finite": torch.isfinite(t["lse"]).all(dim=1)})
                 labels.append(kind.sample_labels(batch))
-            rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             cut = slice(start - int(s.row0[0]), stop - int(s.row0[0]))
-            rows = {k: v[cut] for k, v in rows.items()}
-            bad = _not_finite(rows["logits"], s, cut.start, layout.names)
+            rows = {k: torch.cat([p[k] for p in parts])[cut] for k in parts[0]}
+            bad = _not_finite(rows.pop("finite"), s, cut.start, layout.names)
             if bad:
                 raise DataError(f"cache_teacher: the teacher's output for {bad} is not finite (NaN or inf); block {b} "
                                 f"(rows {start}..{stop}) was not written. Fix that input (or the teacher) and rerun")
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)  # a resumed block draws the same
-            block = encode_targets(teacher_rows(rows.pop("logits"), m, gen), m)
+            block = encode_targets({k: rows.pop(k) for k in ("values", "ids", "lse", "counts") if k in rows}, m)
             block.update({k: v.to(getattr(torch, writer.specs[k][1])) for k, v in rows.items()})
             table = span_table(layout.names, s.take(s.row0 >= start), _labels(labels, s, start))
-            fetch = _host(block, writer.specs)
+            fetch = _host(block, m)
             inflight.append(pool.submit(lambda b=b, fetch=fetch, table=table: writer.write_block(b, fetch(), table)))
             while len(inflight) > 1:  # at most one block waiting behind the one being written
                 inflight.pop(0).result()
@@ -157,6 +159,7 @@ def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feat
         temperatures=list(c.temperatures),
         values_dtype=c.values_dtype,
         indices_dtype=indices_dtype(V),
+        indices_scheme="packed" if c.ids == "packed" or (c.ids == "auto" and cfg.kind == "sequence") else "plain",
         values_scheme="q8" if c.values_dtype == "uint8" else "relative",
         targets=c.targets,
         sample_draws=c.draws if sampled else None,

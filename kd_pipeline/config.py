@@ -64,6 +64,11 @@ class CacheConfig(Strict):
     # topk: the k largest logits + exact tail (lse). sampled: `draws` ids drawn per row from the teacher at
     # temperatures[0], stored once each with their counts (random-sampling KD; sequence stores only)
     targets: Literal["topk", "sampled"] = "topk"
+    # how ids are stored: plain ints, or packed = ceil(log2 num_classes) bits each (lossless; 68 instead of 128
+    # B/token at V = 128,256, k = 32). auto = packed for sequence stores (streaming 5-20% slower, still far
+    # faster than a student trains: docs/benchmarks.md LM 4), plain for classification ones (a few bytes of a
+    # row that features dominate)
+    ids: Literal["auto", "plain", "packed"] = "auto"
     draws: int = Field(64, ge=1, le=65535)  # m, for targets: sampled; the stored width is min(m, vocab)
     features: dict[str, str] = {}  # stored name -> module path in the teacher (forward hook output)
     chunk_rows: int = Field(4096, ge=1)  # rows per chunk = rows per write block

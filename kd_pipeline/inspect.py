@@ -41,7 +41,7 @@ def render(info: dict) -> None:
     c.print(f"[bold]{info['path']}[/bold]  {m['format']} v{m['version']}  {m['kind']}  {state}")
     c.print(
         f"rows {m['num_rows']:,}  classes {m['num_classes']}  top_k {m['top_k']}  temperatures {m['temperatures']}  "
-        f"chunk_rows {m['chunk_rows']}"
+        f"chunk_rows {m['chunk_rows']}  ids {m.get('indices_scheme', 'plain')}"
     )
     unit = "token" if m["kind"] == "sequence" else "row"
     c.print(

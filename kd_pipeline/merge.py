@@ -87,7 +87,7 @@ def merge_rows(blocks: list[dict[str, np.ndarray]], stores: list[CacheStore], co
     p, i = mixture_topk(probs, ids, weights, m.num_classes, m.top_k)
     rel, lse = as_relative(p, tau)
     t = {"values": torch.from_numpy(rel), "ids": torch.from_numpy(i.astype(np.int64)), "lse": torch.from_numpy(lse)}
-    out = to_host(encode_targets(t, m), m.array_specs())
+    out = to_host(encode_targets(t, m), m)
     if m.kind == "sequence":
         for blk, s in zip(blocks[1:], stores[1:]):
             if not np.array_equal(blk["tokens"], blocks[0]["tokens"]):

@@ -31,6 +31,7 @@ from .data import SplitSamples, batch_loader, batches_of
 from .distributed import Dist
 from .kinds import pad_batch
 from .store import CacheStore
+from .store.ids import decode_ids
 from .targets import targets_from_arrays
 
 T = TypeVar("T")
@@ -64,9 +65,12 @@ class BlockStream:
 
         def block(bb: int) -> dict[str, np.ndarray]:
             if bb not in cache:
-                cache[bb] = self.store.read_block(bb)
+                a = self.store.read_block(bb)
                 if self.check:
-                    self.store.check_block(bb, cache[bb])
+                    self.store.check_block(bb, a)
+                a["ids"] = decode_ids(a, self.store.manifest)  # once per block, here in the reader thread
+                del a["topk_indices"]
+                cache[bb] = a
             return cache[bb]
 
         rows, units, n = [], [], 0

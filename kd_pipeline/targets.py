@@ -96,12 +96,13 @@ def teacher_rows(logits: torch.Tensor, m, generator: torch.Generator | None = No
 
 def targets_from_arrays(a: dict[str, np.ndarray], m) -> Targets:
     """A store block's (or some rows' of it) arrays -> Targets: values decoded to float32, ids int64, features
-    float32. m: the store's Manifest."""
+    float32. m: the store's Manifest. Ids already decoded (the stream decodes once per block) come as "ids"."""
+    from .store.ids import decode_ids
     from .store.values import decode_values
 
     return Targets(
         values=torch.from_numpy(decode_values(a, m.values_scheme)),
-        indices=torch.from_numpy(a["topk_indices"].astype(np.int64)),
+        indices=torch.from_numpy((a["ids"] if "ids" in a else decode_ids(a, m)).astype(np.int64)),
         lse=torch.from_numpy(np.ascontiguousarray(a["lse"], dtype=np.float32)),
         temperatures=tuple(m.temperatures),
         num_classes=m.num_classes,
@@ -115,4 +116,4 @@ def through_store(logits: torch.Tensor, m, generator: torch.Generator | None = N
     encode to the store's dtypes, host copy, decode (tests, the reconstruction KL, benchmarks)."""
     from .store.values import encode_targets, to_host
 
-    return targets_from_arrays(to_host(encode_targets(teacher_rows(logits, m, generator), m), m.array_specs()), m)
+    return targets_from_arrays(to_host(encode_targets(teacher_rows(logits, m, generator), m), m), m)

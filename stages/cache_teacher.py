@@ -44,7 +44,7 @@ def run(cfg: PipelineConfig, dist) -> None:
         dist.together(lambda: teacher_pass(teacher, writer, layout, samples, samples.kind, cfg.cache.features,
                                            samples_per_batch(cfg, cfg.cache.batch_size), device, dtype, cfg.data.num_workers, cfg.seed, dist.rank, dist.world))
         if dist.is_main:
-            if cfg.kind == "sequence" and cfg.data.val_split:
+            if cfg.kind == "sequence" and cfg.data.val_split and not writer.manifest.complete:
                 recon = measure_reconstruction(teacher, writer.manifest, open_samples(cfg, [cfg.data.val_split]), cfg.sequence.recon_tokens,
                                                cfg.cache.batch_size, device, dtype, cfg.seed)
                 writer.manifest = writer.manifest.model_copy(update={"reconstruction_kl": recon})

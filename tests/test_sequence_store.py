@@ -35,7 +35,7 @@ def sequence_table(lengths):
 
 
 def write_store(path, m, logits, tokens, lengths, seed=0):
-    arrays = to_host(encode_targets(teacher_rows(logits, m, torch.Generator().manual_seed(seed)), m), m.array_specs())
+    arrays = to_host(encode_targets(teacher_rows(logits, m, torch.Generator().manual_seed(seed)), m), m)
     arrays["tokens"] = tokens.astype(np.int32)
     w = CacheWriter.open(path, m)
     for b in w.pending_blocks():

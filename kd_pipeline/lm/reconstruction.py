@@ -58,11 +58,10 @@ def measure_reconstruction(teacher, m, samples, max_rows: int, batch_rows: int, 
     per_batch = max(1, batch_rows // int(lengths.max()))
     gen = torch.Generator(device=device).manual_seed(seed)
     comp, full, rows = 0.0, 0.0, 0
-    specs = m.array_specs()
     for batch in batches_of(batch_loader(samples, sequential_keys([min(n, len(lengths))], [0], per_batch), 0)):
         x = batch["x"].to(device)
         z = samples.kind.rows(teacher(x), {**batch, "mask": batch["mask"].to(device)}).float()
-        t = targets_from_arrays(to_host(encode_targets(teacher_rows(z, m, gen), m), specs), m)
+        t = targets_from_arrays(to_host(encode_targets(teacher_rows(z, m, gen), m), m), m)
         valid = t.counts > 0 if t.counts is not None else None
         c, f = reconstruction_kl(z.cpu(), t.values, t.indices, t.lse[:, 0], m.temperatures[0], valid)
         comp, full, rows = comp + float(c.sum()), full + float(f.sum()), rows + len(c)

@@ -4,6 +4,7 @@ Layout of a store folder:
     zarr.json                 root group; attribute `kd_cache` = the manifest below
     topk_logits/              (R, k) float16|float32  raw teacher logits, sorted descending per row
     topk_indices/             (R, k) int16|int32      class ids of those logits
+                              (R, ceil(k*b/8)) uint8  indices_scheme "packed": b = ceil(log2 V) bits per id (ids.py)
     lse/                      (R, T) float32          logsumexp(z / tau) over ALL classes, per temperature
     features/<name>/          (R, ...)                a teacher module's output per row
     samples.parquet           sample_id, split, row, num_rows, label (nullable); sorted by row
@@ -42,6 +43,16 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 def indices_dtype(num_classes: int) -> str:
     return "int16" if num_classes <= 32767 else "int32"
+
+
+def id_bits(num_classes: int) -> int:
+    """b = ceil(log2 V), at least 1: the fewest bits that hold every id in [0, V) (packed ids)."""
+    return max(1, (int(num_classes) - 1).bit_length())
+
+
+def packed_width(k: int, bits: int) -> int:
+    """Bytes per row of k packed ids of `bits` bits each."""
+    return -(-k * bits // 8)
 
 
 def check_name(name: str, what: str) -> str:
@@ -96,7 +107,10 @@ class Manifest(_Open):
     top_k: int = Field(ge=1)
     temperatures: list[float] = Field(min_length=1, max_length=64)
     values_dtype: Literal["float16", "float32", "uint8"]
-    indices_dtype: Literal["int16", "int32"]
+    indices_dtype: Literal["int16", "int32"]  # dtype of plain ids (packed stores keep the plain dtype here)
+    # plain: topk_indices holds one int per id. packed: ceil(log2 num_classes) bits per id, bit-packed per
+    # row into uint8 (kd_pipeline/store/ids.py). Optional: stores written before read as plain.
+    indices_scheme: Literal["plain", "packed"] = "plain"
     # raw: teacher logits as they are. relative: logit - the row's top logit (<= 0), lse likewise shifted.
     # q8: relative, coded as uint8 code = round(-(logit - top) / value_scale[r]) (docs/store-format-sequence.md)
     values_scheme: Literal["raw", "relative", "q8"] = "raw"
@@ -138,7 +152,8 @@ class Manifest(_Open):
         R, k, T = self.num_rows, self.top_k, len(self.temperatures)
         specs = {
             "topk_logits": ((R, k), self.values_dtype),
-            "topk_indices": ((R, k), self.indices_dtype),
+            "topk_indices": ((R, packed_width(k, id_bits(self.num_classes))), "uint8") if self.indices_scheme == "packed"
+            else ((R, k), self.indices_dtype),
             "lse": ((R, T), "float32"),
         }
         if self.kind == "sequence":
@@ -213,5 +228,7 @@ def _check_sizes(m: Manifest, where: str) -> None:
         row_bytes += per_row
         if per_row * m.chunk_rows > MAX_CHUNK_BYTES:
             raise StoreError(f"{where}: manifest: array {name} would need {per_row * m.chunk_rows:,} bytes per block (limit {MAX_CHUNK_BYTES:,})")
+    if m.indices_scheme == "packed" and 4 * m.top_k * m.chunk_rows > MAX_CHUNK_BYTES:  # unpacked to int32 on read
+        raise StoreError(f"{where}: manifest: array topk_indices would need {4 * m.top_k * m.chunk_rows:,} bytes per block unpacked (limit {MAX_CHUNK_BYTES:,})")
     if row_bytes > MAX_ROW_BYTES:
         raise StoreError(f"{where}: manifest: {row_bytes:,} bytes per row (limit {MAX_ROW_BYTES:,})")

@@ -22,6 +22,7 @@ import zarr
 from ..errors import StoreError
 from .format import ATTR, SAMPLES, Manifest, parse_manifest
 from .markers import mismatched, read_all_markers, samples_sha256
+from .ids import decode_ids, stray_bits
 from .values import decode_values
 
 MAX_ZARR_JSON = 16 << 20  # bytes; a manifest is a few KB
@@ -69,10 +70,13 @@ class CacheStore:
         """Cheap per-block checks before training on it; raises StoreError naming array and row."""
         start, stop = self.block_rows(b)
         m = self.manifest
-        idx = block["topk_indices"]
+        idx = decode_ids(block, m)
         bad = np.flatnonzero(((idx < 0) | (idx >= m.num_classes)).any(axis=1))
         if bad.size:
             raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: class id outside [0, {m.num_classes})")
+        bad = np.flatnonzero(stray_bits(block, m))
+        if bad.size:
+            raise StoreError(f"{self.path}: topk_indices row {start + bad[0]}: padding bits after the last packed id are not 0")
         # sampled stores pad rows with count-0 copies of an id: only ids that were drawn must be distinct
         ids = idx if "sample_counts" not in block else np.where(block["sample_counts"] > 0, idx, -1 - np.arange(idx.shape[1]))
         srt = np.sort(ids, axis=1)

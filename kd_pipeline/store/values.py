@@ -54,7 +54,7 @@ def encode_targets(t: dict[str, torch.Tensor], m) -> dict[str, torch.Tensor]:
     negative. Plain rounding can push the decoded mass past 1 - tail and erase a small tail (fp16 values,
     8-bit steps)."""
     out = _encode_values(t["values"], m.values_scheme, m.values_dtype)
-    out["topk_indices"] = t["ids"].to(getattr(torch, m.indices_dtype))
+    out["topk_indices"] = t["ids"].to(torch.int32 if m.indices_scheme == "packed" else getattr(torch, m.indices_dtype))
     v = t["values"].double().clamp(min=-RELATIVE_FLOOR)  # (n, k) exact relative values
     v_dec = _decode_torch(out, m.values_scheme).double()
     valid = (t["counts"] > 0) if "counts" in t else torch.ones_like(v, dtype=torch.bool)
@@ -80,11 +80,18 @@ def decode_values(block: dict[str, np.ndarray], scheme: str) -> np.ndarray:
     return v.astype(np.float32)
 
 
-def to_host(arrays: dict[str, torch.Tensor], specs: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """One device->host copy per array, then the store's declared numpy dtype (a no-op but for counts)."""
+def to_host(arrays: dict[str, torch.Tensor], m) -> dict[str, np.ndarray]:
+    """One device->host copy per array, then what the store declares (m: its Manifest): the numpy dtype (a
+    no-op but for counts), and the ids coded per indices_scheme (packed on the host, store/ids.py)."""
+    from .ids import encode_ids
+
+    specs = m.array_specs()
     out = {}
     for name, a in arrays.items():
         x = a.cpu().numpy()
+        if name == "topk_indices":
+            out[name] = encode_ids(x, m)
+            continue
         dt = np.dtype(specs[name][1])
         out[name] = x if x.dtype == dt else x.astype(dt)
     return out
