@@ -103,7 +103,7 @@ def test_student_loss_on_the_encoded_mixture_equals_the_dense_kl(dtype):
     p, i = mixture_topk([_softmax(z, tau) for z in zs], [np.tile(np.arange(C), (64, 1))] * 3, w, C, C)
     rel, lse = as_relative(p, tau)
     assert np.allclose(np.exp(rel / tau - lse), p, rtol=1e-12, atol=0)
-    spec = SimpleNamespace(values_scheme="relative", values_dtype=dtype, indices_dtype="int16", temperatures=[tau])
+    spec = SimpleNamespace(values_scheme="relative", values_dtype=dtype, indices_dtype="int16", indices_scheme="plain", temperatures=[tau])
     arrays = encode_targets({"values": torch.from_numpy(rel), "ids": torch.from_numpy(i), "lse": torch.from_numpy(lse)}, spec)
     t = Targets(arrays["topk_logits"].float(), torch.from_numpy(i), arrays["lse"], (tau,), C)
     s = torch.randn(64, C, generator=torch.Generator().manual_seed(0)) * 2
