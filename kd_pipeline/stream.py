@@ -41,12 +41,14 @@ class BlockStream:
     """The student's draw order over a store: windows of shuffled blocks -> batches of samples (numpy)."""
 
     def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, rank: int = 0,
-                 world: int = 1, check: bool = True):
+                 world: int = 1, check: bool = True, evaluation: bool = False):
         self.store, self.batch_size, self.window, self.check = store, batch_size, window, check
         self.rank, self.world = rank, world
         m = store.manifest
-        self.exclude = m.dataset.splits.index(m.dataset.eval_split) if m.dataset.eval_split else -1
-        self.blocks = np.flatnonzero(store.samples.train_blocks)  # blocks where some training sample starts
+        self.eval_code = m.dataset.splits.index(m.dataset.eval_split) if m.dataset.eval_split else -1
+        # training: blocks where some training sample starts. evaluation (store_eval.py): those of the eval split
+        self.evaluation = evaluation
+        self.blocks = np.flatnonzero(store.samples.eval_blocks if evaluation else store.samples.train_blocks)
         # Two generators: the reader thread draws block orders, the consumer sample orders. One shared generator
         # would make the batch sequence depend on thread timing; two keep it a function of the seed (resume).
         self.block_rng, self.row_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -73,7 +75,7 @@ class BlockStream:
         for b in blocks:
             start, stop = self.store.block_rows(b)
             s = self.store.samples.block(start, stop)
-            keep = s["split"] != self.exclude
+            keep = (s["split"] == self.eval_code) if self.evaluation else (s["split"] != self.eval_code)
             s = {k: v[keep] for k, v in s.items()}
             if not len(s["row"]):
                 continue
@@ -156,7 +158,13 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)
-    if store.manifest.kind == "sequence":
+    yield from with_inputs(plan, samples, store.manifest.kind, num_workers, pin_memory)
+
+
+def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, num_workers: int = 0, pin_memory: bool = False) -> Iterator[dict]:
+    """Batches planned from a store, with their inputs: a sequence's are in the store already; a classification
+    batch's `x` is fetched from the dataset by (split, sample id), in a DataLoader running ahead of the consumer."""
+    if kind == "sequence":
         yield from plan
         return
     waiting: deque = deque()

@@ -5,11 +5,16 @@ shape, chunking), the completion markers and `samples.parquet` (its checksum, co
 labels) before any target is used. Each block read by training can also be checked (`check_block`): its
 bytes against the marker's sha256, ids in range and distinct, finite logits sorted descending,
 lse >= max(logit)/tau. Anything wrong is a StoreError naming the array and block or row.
+
+A store may be a local folder or an fsspec URL (location.py): the checks are the same; a remote store's
+markers are fetched all at once, and its samples.parquet is read once into memory (hashed and parsed from
+the same bytes).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +25,8 @@ import pyarrow.parquet as pq
 import zarr
 
 from ..errors import StoreError
-from .format import ATTR, SAMPLES, Manifest, parse_manifest
+from .format import ATTR, MARKERS, SAMPLES, Manifest, parse_manifest
+from .location import FsPath, as_location, redact, zarr_location
 from .markers import mismatched, read_all_markers, samples_sha256
 from .values import decode_values
 
@@ -61,7 +67,7 @@ class CacheStore:
             try:
                 out[name] = f.result()
             except Exception as e:
-                msg = str(e).splitlines()[0] if str(e) else ""
+                msg = redact(str(e).splitlines()[0]) if str(e) else ""
                 raise StoreError(f"{self.path}: array {name} block {b} (rows {start}..{stop}): cannot read, truncated or corrupt chunk ({type(e).__name__}: {msg})") from e
         return out
 
@@ -111,23 +117,38 @@ class CacheStore:
         self._pool.shutdown(wait=False)
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
-    path = Path(path)
+def read_manifest(path, allow_incomplete: bool = False) -> tuple[Manifest, "zarr.Group"]:
+    """The store's manifest, validated (schema, version, sizes; `complete` unless allow_incomplete), and its
+    zarr group, without reading any array. path: a folder or an fsspec URL (location.py)."""
+    path = as_location(path)
     where = str(path)
-    if not (path / "zarr.json").is_file():
+    try:
+        found = (path / "zarr.json").is_file()
+        size = (path / "zarr.json").stat().st_size if found else 0
+    except Exception as e:  # a remote store that cannot be reached: endpoint, credentials, bucket
+        raise StoreError(redact(f"{where}: cannot read the store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")) from e
+    if not found:
         raise StoreError(f"{where}: no store here (no zarr.json); run the cache_teacher stage first")
-    if (path / "zarr.json").stat().st_size > MAX_ZARR_JSON:
+    if size > MAX_ZARR_JSON:
         raise StoreError(f"{where}/zarr.json: larger than {MAX_ZARR_JSON} bytes; not a kd-cache manifest")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about samples.parquet and _markers/
-            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            group = zarr.open_group(zarr_location(path, read_only=True), mode="r", zarr_format=3)
             raw = group.attrs.get(ATTR)
     except Exception as e:
-        raise StoreError(f"{where}/zarr.json: unreadable ({type(e).__name__}: {e})") from e
+        raise StoreError(redact(f"{where}/zarr.json: unreadable ({type(e).__name__}: {e})")) from e
     m = parse_manifest(raw, where)
     if not m.complete and not allow_incomplete:
         raise StoreError(f"{where}: store is incomplete (complete: false); rerun the cache_teacher stage to finish it")
+    return m, group
+
+
+def open_store(path, allow_incomplete: bool = False) -> CacheStore:
+    """A store (folder or fsspec URL), validated as the module docstring says, ready for block reads."""
+    path = as_location(path)
+    where = str(path)
+    m, group = read_manifest(path, allow_incomplete)
     for name in m.array_specs():
         meta = path / name / "zarr.json"
         if meta.is_file() and meta.stat().st_size > MAX_ZARR_JSON:
@@ -172,11 +193,15 @@ class SamplesIndex:
         self.groups: list[tuple[int, int]] = []  # per row group: first row, one past its last sample's first row
         # blocks in which some training sample starts (the rest hold only evaluation rows: never streamed)
         self.train_blocks = np.zeros(m.num_blocks, bool)
+        self.eval_blocks = np.zeros(m.num_blocks, bool)  # blocks in which some evaluation sample starts
+        self._data: bytes | None = None  # a remote table's bytes, read once (hashed and parsed from the same)
         self.eval_split = m.dataset.eval_split
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._validate()
 
     def _file(self):
+        if self._data is not None:
+            return pq.ParquetFile(pa.BufferReader(self._data))
         return pq.ParquetFile(str(self.path / SAMPLES))
 
     def _validate(self) -> None:
@@ -187,9 +212,15 @@ class SamplesIndex:
         if f.stat().st_size > limit:
             raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
         h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        if isinstance(f, FsPath):
+            self._data = f.read_bytes()
+            if len(self._data) > limit:
+                raise StoreError(f"{where}: {len(self._data):,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
+            h.update(self._data)
+        else:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
         if h.hexdigest() != samples_sha256(self.path):
             raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
         try:
@@ -251,8 +282,7 @@ class SamplesIndex:
             seen[s][sid] = True
             self.stats[s]["samples"] += len(sid)
             self.stats[s]["labelled"] += int(has_label[sel].sum())
-            if s != self.eval_split:
-                self.train_blocks[rows[sel] // m.chunk_rows] = True
+            (self.train_blocks if s != self.eval_split else self.eval_blocks)[rows[sel] // m.chunk_rows] = True
         if len(rows):
             self.groups.append((int(rows[0]), int(rows[-1]) + 1))
         else:
@@ -298,3 +328,22 @@ class SamplesIndex:
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + "..."
+
+
+def remote_digest(path: FsPath) -> str | None:
+    """Content identity of a remote store without downloading it: its zarr.json and every completion marker
+    (which hold the sha256 of each block and of samples.parquet), fetched together. None if there is no store."""
+    top = path.read_many(["zarr.json"])[0]
+    if top is None:
+        return None
+    try:
+        raw = json.loads(top)["attributes"][ATTR]
+        n = -(-int(raw["num_rows"]) // int(raw["chunk_rows"]))
+        assert 0 <= n <= 1 << 22  # a hostile manifest does not make us list a billion names
+    except Exception:
+        return hashlib.sha256(top).hexdigest()  # not a kd-cache manifest: its bytes are its identity
+    names = [f"block-{b:08d}.json" for b in range(n)] + ["samples.json"]
+    h = hashlib.sha256(b"zarr.json" + hashlib.sha256(top).digest())
+    for name, data in zip(names, (path / MARKERS).read_many(names)):
+        h.update(name.encode() + (hashlib.sha256(data).digest() if data is not None else b"-"))
+    return h.hexdigest()
