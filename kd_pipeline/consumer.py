@@ -75,6 +75,20 @@ def apply_manifest(cfg: PipelineConfig, m: Manifest) -> PipelineConfig:
     })
 
 
+def config_differences(cfg: PipelineConfig, m: Manifest) -> list[str]:
+    """The keys the manifest declares on which a pipeline with a teacher disagrees with it: 'key store vs config'."""
+    out = []
+    for key, of in DECLARED.items():
+        if key == "cache.draws" and m.targets != "sampled":
+            continue
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if of(m) != node:
+            out.append(f"{key} {of(m)} vs {node}")
+    return out
+
+
 def check_data_for_store(cfg: PipelineConfig, summary: dict) -> None:
     """The consumer's prepare_data: its own data (summary, just made) must be the data the store was made for."""
     from .distill import check_manifest_for

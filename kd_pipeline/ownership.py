@@ -93,8 +93,9 @@ class RunOwner:
                "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write(self.file, json.dumps(rec, indent=1).encode())
 
-    def refusal(self, path, existing: Manifest, wanted: Manifest | None) -> str:
-        """One line: what the store holds, what this pipeline has, and what to do instead."""
+    def refusal(self, path, existing: Manifest, wanted: Manifest | None, config_diff: list[str] = ()) -> str:
+        """One line: what the store holds, what this pipeline has, and what to do instead. wanted: the manifest
+        this pipeline would write; before its teacher exists, config_diff: how its config differs instead."""
         state = "complete" if existing.complete else "incomplete"
         if wanted is not None:
             ours = _who(wanted)
@@ -104,6 +105,7 @@ class RunOwner:
         else:
             t = self.teacher
             ours = f"teacher {t.factory} {dict(t.kwargs)}" if t is not None else "no teacher"
+            ours += f", {'; '.join(config_diff)} (store vs pipeline)" if config_diff else ""
         return (
             f"{path}: holds a {state} store that this run folder ({self.out_dir}) did not create — store: {_who(existing)}; "
             f"this pipeline: {ours}. kd run never resumes, replaces or rewrites a store it did not create: to train from it, "

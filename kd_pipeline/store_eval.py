@@ -27,7 +27,7 @@ from .data import SplitSamples
 from .kinds import kind_for
 from .losses import sampled_kl, sparse_kl
 from .store import CacheStore
-from .stream import BlockStream, _student_batch, _subset, with_inputs
+from .stream import BlockStream, _student_batch, _subset, with_inputs, worker_start
 
 
 def eval_batches(store: CacheStore, samples: SplitSamples | None, batch_size: int, num_workers: int = 0) -> Iterator[dict]:
@@ -42,7 +42,7 @@ def eval_batches(store: CacheStore, samples: SplitSamples | None, batch_size: in
             for i in range(0, n, batch_size):
                 yield _student_batch(*_subset(rows, units, np.arange(i, min(i + batch_size, n))), store)
 
-    return with_inputs(plan(), samples, store.manifest.kind, num_workers)
+    return with_inputs(plan(), samples, store.manifest.kind, num_workers, start_method=worker_start(store))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import torch
 from kd_pipeline.cachepass import build_manifest, probe_features, teacher_pass
 from kd_pipeline.checkpoint import load_teacher
 from kd_pipeline.config import PipelineConfig
+from kd_pipeline.consumer import config_differences
 from kd_pipeline.distributed import device_for
 from kd_pipeline.errors import StoreError
 from kd_pipeline.lm.reconstruction import measure_reconstruction
@@ -41,7 +42,7 @@ def preflight(cfg: PipelineConfig) -> None:
     existing = existing_manifest(path)
     owner = RunOwner(cfg.out_dir, cfg.teacher)
     if existing is not None and not owner.owns(path, existing):
-        raise StoreError(owner.refusal(path, existing, None))
+        raise StoreError(owner.refusal(path, existing, None, config_differences(cfg, existing)))
 
 
 def run(cfg: PipelineConfig, dist) -> None:

@@ -38,6 +38,9 @@ def s3_server(bucket: str = "kd-test"):
                       AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
     os.environ.pop("AWS_PROFILE", None)
     os.environ.pop("AWS_SESSION_TOKEN", None)
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # cached clients know another endpoint (the environment is not in the key)
     try:
         import fsspec
 
@@ -46,6 +49,7 @@ def s3_server(bucket: str = "kd-test"):
         yield endpoint, secret
     finally:
         server.stop()
+        S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

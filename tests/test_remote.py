@@ -118,7 +118,8 @@ def test_consumer_trains_from_http_and_http_is_read_only(tiny_run, tmp_path):
     shutil.copytree(load_config(tiny_run).cache_path, served / "store", ignore=shutil.ignore_patterns("_lock*"))
     with http_server(served) as base:
         url = f"{base}/store"
-        d = consumer_config(tmp_path / "run", url, **{"student_train.steps": 20})
+        # one DataLoader worker: started by forkserver, never forked from a process holding an HTTP client
+        d = consumer_config(tmp_path / "run", url, **{"student_train.steps": 20, "data.num_workers": 1})
         r = runner.invoke(app, ["run", str(write_config(tmp_path / "c.yaml", d))])
         assert r.exit_code == 0, r.output
         m = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -158,3 +159,15 @@ def test_location_names(s3):
     assert isinstance(p, FsPath) and str(p) == "s3://kd-test/a/b" and str(p / "c" / "d.json") == "s3://kd-test/a/b/c/d.json"
     assert str(as_location("https://user:pw@example.org/x")) == "https://example.org/x"  # no credentials in any message
     assert as_location("runs/x") == Path("runs/x") and as_location("file:///tmp/x") == Path("/tmp/x")
+
+
+def test_remote_reading_benchmark_smallest(tmp_path):
+    """bench/remote_reading.py end to end at its smallest size, so it cannot rot (figures: docs/benchmarks.md)."""
+    from bench import remote_reading
+
+    tiny = ["data.kwargs.num_samples=2000", "data.kwargs.labelled=400", "data.kwargs.seed=7", "teacher.kwargs.channels=8",
+            "student.kwargs.hidden=[16]", "cache.chunk_rows=256"]
+    env = dict(os.environ)
+    r = remote_reading.run(tmp_path / "store", passes=0.2, rounds=1, sets=tiny, log=lambda s: None)
+    assert all(np.isfinite(r[k]) and r[k] > 0 for k in ("s3/local", "http/local"))
+    assert dict(os.environ) == env  # the servers' AWS_* settings are gone again

@@ -131,6 +131,7 @@ def test_producer_refuses_a_store_copied_from_another_run(received, tmp_path):
     msg = one_error_line(runner.invoke(app, ["run", str(p)]))
     assert msg.startswith(f"{run / 'cache'}: holds a complete store that this run folder ({run}) did not create — store: teacher "
                           "kd_pipeline.models:conv1d_net {'channels': 8} (checkpoint sha256 "), msg
+    assert "…); this pipeline: teacher kd_pipeline.models:conv1d_net {'channels': 8}, cache.top_k 3 vs 5 (store vs pipeline). kd run never" in msg
     assert tree(run / "cache") == before and not (run / "teacher.safetensors").exists()
 
 

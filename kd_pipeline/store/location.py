@@ -107,6 +107,12 @@ class FsPath:
     def read_only(self) -> bool:
         return self.protocol in READ_ONLY_PROTOCOLS
 
+    @property
+    def max_requests(self) -> int:
+        """Chunk reads in flight at once. Object stores take many; a plain static web server may not: Python's
+        http.server listens with a backlog of 5, and a connection beyond it waits for a SYN retransmit (1 s)."""
+        return 4 if self.protocol in READ_ONLY_PROTOCOLS else 16
+
     def _url(self) -> str:
         return self.path if "://" in self.path else self.fs.unstrip_protocol(self.path)
 
@@ -215,6 +221,9 @@ class FsPath:
             return True
         except FileExistsError:
             return False
+        except (NotImplementedError, TypeError, ValueError) as e:  # no exclusive create on this filesystem
+            raise StoreError(f"{self}: this filesystem cannot create an object only if none exists ({type(e).__name__}), "
+                             f"which the writer lock needs (S3: a conditional PUT); write the store to S3 or a local folder") from None
 
     def upload(self, local: Path) -> None:
         """A local file as this object (multipart for large files: the object appears only when complete)."""
@@ -241,7 +250,13 @@ class FsPath:
         """zarr's own store over the same URL and options (zarr needs an asynchronous filesystem)."""
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(self._url(), storage_options=dict(self._options), read_only=read_only or self.read_only)
+        options = dict(self._options)
+        if self.protocol == "s3":  # chunks are read whole, many at once: one GET each, no HEAD for its size first
+            options.setdefault("max_concurrency", 1)
+            # no CRC32 of every response body (botocore's default since 1.36): each block's bytes are checked
+            # against the sha256 in its marker anyway, and the CRC costs both ends CPU per request
+            options.setdefault("config_kwargs", {"response_checksum_validation": "when_required"})
+        return FsspecStore.from_url(self._url(), storage_options=options, read_only=read_only or self.read_only)
 
 
 def zarr_location(p, read_only: bool):
