@@ -114,7 +114,8 @@ def test_readme_consumer_trains_and_evaluates_from_a_copy_of_the_default_store(t
     msg = one_error_line(runner.invoke(app, ["run", str(write_config(Path("with-teacher.yaml"), d))]))
     assert msg.startswith("received-store: holds a complete store that this run folder (runs/mine) did not create — store: "
                           "teacher kd_pipeline.models:conv1d_net {'channels': 32} (checkpoint sha256 "), msg
-    assert msg.endswith("this pipeline: teacher kd_pipeline.models:conv1d_net {'channels': 32}. kd run never resumes, replaces or "
+    assert msg.endswith("this pipeline: teacher kd_pipeline.models:conv1d_net {'channels': 32}, cache.temperatures [1.0, 4.0] vs [1.0]; "
+                        "cache.features {'penultimate': 'body'} vs {} (store vs pipeline). kd run never resumes, replaces or "
                         "rewrites a store it did not create: to train from it, remove teacher, teacher_train and every cache key but "
                         "path (README: Train from a store you received); to cache your own teacher, set cache.path to a new folder"), msg
     assert not Path("runs/mine/teacher.safetensors").exists()  # refused before training anything

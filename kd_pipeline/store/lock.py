@@ -206,7 +206,10 @@ class ObjectLock:
                 lock.held = True
                 break
             info = _read_object(lock.obj)
-            if info and info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+            if not info or info.get("pid") is None:  # empty: a released local lock file, copied with the store
+                lock.obj.unlink(missing_ok=True)
+                continue
+            if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
                 lock.obj.unlink(missing_ok=True)  # its writer died on this host: take it over
                 lock.taken_over.append(info)
                 continue
@@ -288,7 +291,7 @@ def creating(store: Path, wait_s: float = CREATE_WAIT_S):
 def active_holders(store: Path) -> list[dict]:
     """Who holds the lock now (probed without blocking anyone); [] when no writer is active."""
     if isinstance(store, FsPath):
-        return [i or {} for i in (_read_object(p) for p in store.glob("_lock*.json"))]
+        return [i for i in (_read_object(p) for p in store.glob("_lock*.json")) if i and i.get("pid") is not None]
     out = []
     for path in [store / LOCK, *sorted(store.glob("_lock.shard-*.json"))]:
         try:
