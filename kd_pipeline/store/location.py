@@ -100,8 +100,8 @@ class FsPath:
     # -------------------------------------------------------------------------------------- naming
     @property
     def protocol(self) -> str:
-        p = self.fs.protocol
-        return p[0] if isinstance(p, (tuple, list)) else p
+        """The URL's scheme: s3, gs, http, https, …"""
+        return self._url().split("://", 1)[0]
 
     @property
     def read_only(self) -> bool:
@@ -139,9 +139,6 @@ class FsPath:
     def parent(self) -> "FsPath":
         return FsPath(self.fs, self.path.rsplit("/", 1)[0], self._options)
 
-    def relative_to(self, other: "FsPath") -> Path:
-        return Path(self.path[len(other.path):].lstrip("/"))
-
     # ------------------------------------------------------------------------------------- reading
     # Every read first drops fsspec's cached listings of this path and its parents: zarr writes through its own
     # filesystem instance, so a listing cached here may predate objects that exist (s3fs then answers "missing").
@@ -166,9 +163,6 @@ class FsPath:
             return bool(self.fs.isdir(self._fresh()))
         except FileNotFoundError:
             return False
-
-    def is_symlink(self) -> bool:
-        return False
 
     def stat(self):
         return SimpleNamespace(st_size=int(self.fs.size(self._fresh())))
