@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import KDError
+from .store.location import display, redact
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Offline knowledge distillation through a teacher-logit cache.")
 _state = {"debug": False}
@@ -28,14 +29,14 @@ def _errors():
     except KDError as e:
         if _state["debug"]:
             raise
-        typer.echo("error: " + " ".join(str(e).split("\n")), err=True)  # one line, even for odd input
+        typer.echo("error: " + " ".join(redact(str(e)).split("\n")), err=True)  # one line, even for odd input; no secrets
         raise typer.Exit(2) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except Exception as e:
         if _state["debug"]:
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = redact(str(e).splitlines()[0]) if str(e) else ""
         typer.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1) from None
 
@@ -60,7 +61,7 @@ def run(
 
 @app.command()
 def inspect(
-    store: Path = typer.Argument(..., help="Store folder."),
+    store: str = typer.Argument(..., help="Store folder, or URL: s3://bucket/prefix, gs://…, http(s)://…"),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and sizes as JSON."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
@@ -78,7 +79,7 @@ def inspect(
 
 @app.command()
 def verify(
-    store: Path = typer.Argument(..., help="Store folder."),
+    store: str = typer.Argument(..., help="Store folder, or URL: s3://bucket/prefix, gs://…, http(s)://…"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
@@ -93,11 +94,11 @@ def verify(
             typer.echo(report_json(r))
         else:
             for line in r.notes:
-                typer.echo(f"note: {line}", err=True)
+                typer.echo(f"note: {redact(line)}", err=True)
             for line in r.problems:
-                typer.echo(f"problem: {line}")
+                typer.echo(f"problem: {redact(line)}")
             if not r.problems:
-                typer.echo(f"{store}: OK")
+                typer.echo(f"{display(store)}: OK")
                 for line in r.checked:
                     typer.echo(f"  checked {line}")
         if r.problems:

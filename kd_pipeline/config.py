@@ -3,6 +3,9 @@
 `load_config(path, sets)` returns a frozen `PipelineConfig` or raises `ConfigError` with one line:
 `pipeline.yaml: cache.top_k: must be between 1 and num_classes (10), got 0`. `--set key=value` overrides are
 parsed as YAML scalars/lists and go through exactly the same validation; their errors name the `--set`.
+
+A pipeline without a `teacher` section is a consumer of the store at `cache.path` (kd_pipeline/consumer.py):
+what the store's manifest declares (kind, num_classes, top_k, temperatures, features, …) is read from it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class DataConfig(Component):
     """classification: factory(split=NAME, **kwargs) -> map-style Dataset of (input, label), label -1 or None =
     unlabelled. sequence: factory(split=NAME, **kwargs) -> the split's texts (kd_pipeline/lm/corpus.py)."""
 
-    num_classes: int = Field(ge=2)
+    num_classes: Optional[int] = Field(None, ge=2)  # required with a teacher; a consumer reads it from the store
     train_split: str = "train"  # labelled: teacher, baseline, and the CE term of the student
     transfer_splits: list[str] = []  # unlabelled inputs only the teacher labels (KD term only)
     # evaluation only: never trained on. The teacher pass stores its targets after the training rows (marked
@@ -55,8 +58,12 @@ class TrainConfig(Strict):
 
 
 class CacheConfig(Strict):
-    path: Optional[str] = None  # default <out>/cache
-    top_k: int  # 1..num_classes, checked against data.num_classes
+    # default <out>/cache; or an fsspec URL: s3://bucket/prefix, gs://…, http(s)://… (read-only: consumers only)
+    path: Optional[str] = None
+    # fsspec options for a URL path, for what the environment (AWS_* variables, profiles) cannot say, e.g.
+    # {anon: true}. Never written anywhere: excluded from pipeline.json, stamps and checkpoints
+    storage_options: dict[str, Any] = Field({}, exclude=True)
+    top_k: Optional[int] = None  # 1..num_classes, checked against data.num_classes; required with a teacher
     temperatures: list[float] = [1.0]  # lse is stored for each; students may only use these
     # values are stored relative to each row's top logit (docs/store-format.md "Values"), as float16/float32,
     # or uint8 = 8-bit per-row quantisation of them
@@ -122,7 +129,7 @@ class PipelineConfig(Strict):
     # row per token (the LM track). The stages are the same; kind picks the parts in kd_pipeline/kinds.py
     kind: Literal["classification", "sequence"] = "classification"
     data: DataConfig
-    teacher: Component
+    teacher: Optional[Component] = None  # none: a consumer of the store at cache.path (kd_pipeline/consumer.py)
     student: Component
     teacher_train: Optional[TrainConfig] = None  # required, except for a sequence teacher used as loaded
     student_train: TrainConfig
@@ -136,8 +143,16 @@ class PipelineConfig(Strict):
         return Path(self.out)
 
     @property
-    def cache_path(self) -> Path:
-        return Path(self.cache.path) if self.cache.path else self.out_dir / "cache"
+    def consumer(self) -> bool:
+        """No teacher: the pipeline trains and evaluates from the store someone else made (cache.path)."""
+        return self.teacher is None
+
+    @property
+    def cache_path(self):
+        """The store: a pathlib.Path, or an FsPath for a URL (kd_pipeline/store/location.py)."""
+        from .store.location import as_location
+
+        return as_location(self.cache.path, self.cache.storage_options) if self.cache.path else self.out_dir / "cache"
 
     @property
     def cached_splits(self) -> list[str]:
@@ -176,6 +191,8 @@ def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) ->
     kind = err["type"]
     if kind == "extra_forbidden":
         msg = "unknown key"
+    elif path.startswith("cache.storage_options"):
+        msg = err["msg"]  # never echo what may be a secret
     elif kind == "missing":
         msg = "required key is missing"
     else:
@@ -215,14 +232,24 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         raise _pydantic_error(e, file, overrides) from None
-    _check(cfg, lambda p: _source(p, file, overrides))
+    src = lambda p: _source(p, file, overrides)  # noqa: E731
+    if cfg.consumer:
+        from .consumer import resolve_consumer
+
+        cfg = resolve_consumer(cfg, raw, src)
+    _check(cfg, src)
     return cfg
 
 
 def _check(cfg: PipelineConfig, src) -> None:
     """Checks that span sections, and factories that must import and bind."""
+    for p, missing in (("data.num_classes", cfg.data.num_classes is None), ("cache.top_k", cfg.cache.top_k is None)):
+        if missing:  # with a teacher (a consumer's come from the store)
+            raise ConfigError(f"{src(p)}: {p}: required key is missing")
     n = cfg.data.num_classes
-    if cfg.kind == "classification":
+    if cfg.consumer:
+        pass  # no teacher pass: its keys were refused, the store's were read (consumer.py)
+    elif cfg.kind == "classification":
         for p, bad in (("teacher_train", cfg.teacher_train is None), ("cache.targets", cfg.cache.targets != "topk")):
             if bad:
                 raise ConfigError(f"{src(p)}: {p}: {'required' if p == 'teacher_train' else 'sequence stores only'} for kind: classification")
@@ -248,5 +275,7 @@ def _check(cfg: PipelineConfig, src) -> None:
         ("teacher", cfg.teacher, ("num_classes",)),
         ("student", cfg.student, ("num_classes",)),
     ):
+        if comp is None:
+            continue
         fn = resolve(comp.factory, f"{src(key + '.factory')}: {key}.factory")
         check_kwargs(fn, comp.kwargs, f"{src(key + '.kwargs')}: {key}", injected)

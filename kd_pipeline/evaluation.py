@@ -1,8 +1,10 @@
 """Evaluation, the same for both kinds: every model over a split's rows, streamed, -> metrics.json, report.
 
 Per model and split, over the rows with a label: accuracy (top-1 = label; next-token accuracy for a sequence),
-cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the first
-model (the teacher). Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward.
+cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the
+teacher when it is one of the models. Per model: parameters, checkpoint bytes, and CPU latency of a one-sample
+forward. Against the teacher's stored targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's
+"from_store" and the report's last table.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ def latency_per_sample_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float
 
 @torch.no_grad()
 def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: int, limit: int, batch_size: int,
-                  num_workers: int = 0, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
-    """models: name -> model, the first the reference for agreement. The first `limit` samples of `split`.
+                  num_workers: int = 0, device: torch.device = torch.device("cpu"), reference: str = "teacher") -> dict[str, dict]:
+    """models: name -> model; models[reference], if there, is the reference for agreement (else agreement is
+    None). The first `limit` samples of `split`.
     -> name -> {accuracy, cross_entropy, perplexity, agreement_with_teacher, rows, labelled_rows}."""
+    models = dict(sorted(models.items(), key=lambda kv: kv[0] != reference))  # the reference first
     kind = samples.kind
     for m in models.values():
         m.eval().to(device)
@@ -62,17 +66,17 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         for name, m in models.items():
             rows = kind.rows(m(x), {**batch, "mask": batch.get("mask", torch.ones(0)).to(device)} if "mask" in batch else batch).float()
             top1 = rows.argmax(1)
-            ref = top1 if ref is None else ref
+            ref = top1 if ref is None and name == reference else ref
             a = acc[name]
             a[0] += int((top1[lab] == y[lab]).sum())
             a[1] += float(F.cross_entropy(rows[lab], y[lab], reduction="sum")) if lab.any() else 0.0
-            a[2] += int((top1 == ref).sum())
+            a[2] += int((top1 == ref).sum()) if ref is not None else 0
             a[3] += len(rows)
     out = {}
     for name, (correct, ce, agree, rows) in acc.items():
         ce_mean = ce / max(labelled, 1)
         out[name] = {"accuracy": correct / max(labelled, 1), "cross_entropy": ce_mean, "perplexity": math.exp(min(ce_mean, 700.0)),
-                     "agreement_with_teacher": agree / max(rows, 1), "rows": int(rows), "labelled_rows": labelled}
+                     "agreement_with_teacher": agree / max(rows, 1) if reference in models else None, "rows": int(rows), "labelled_rows": labelled}
     return out
 
 
@@ -130,9 +134,26 @@ def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) ->
         r = metrics["models"][n]
         for s in metrics["rows"]:
             v = r[s]
+            agree = "-" if v.get("agreement_with_teacher") is None else f"{100 * v['agreement_with_teacher']:.1f}%"
             lines.append(f"| {n} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.1f} | "
-                         f"{100 * v['agreement_with_teacher']:.1f}% | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
-    lines += ["", "![accuracy vs parameters and training curves](report.png)", ""]
+                         f"{agree} | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
+    lines += ["", "![accuracy vs parameters and training curves](report.png)", ""] + store_lines(metrics.get("from_store"))
     md = out_dir / "report.md"
     md.write_text("\n".join(lines))
     return md
+
+
+def store_lines(fs: dict | None) -> list[str]:
+    """report.md's table of metrics against the teacher's stored targets (store_eval.py), if any."""
+    if not fs:
+        return []
+    taus = [f"{t:g}" for t in fs["temperatures"]]
+    lines = [f"## Against the teacher's stored targets ({fs['split']} split, {fs['rows']:,} rows, from the store alone)", "",
+             f"Teacher accuracy (stored top-1 vs label): {100 * fs['teacher']['accuracy']:.2f}%.", "",
+             "| model | accuracy | top-1 agreement with the teacher | " + " | ".join(f"KL(teacher ‖ model) at τ={t} (nats)" for t in taus) + " |",
+             "|---|---|---|" + "---|" * len(taus)]
+    for n, v in fs["models"].items():
+        lines.append(f"| {n} | {100 * v['accuracy']:.2f}% | {100 * v['agreement_with_teacher']:.2f}% | "
+                     + " | ".join(f"{v['kl_to_teacher'][t]:.4f}" for t in taus) + " |")
+    return lines + [""]
+

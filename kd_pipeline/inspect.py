@@ -11,7 +11,8 @@ from rich.table import Table
 from .store import open_store
 
 
-def describe(path: Path) -> dict:
+def describe(path) -> dict:
+    """path: a store folder or an fsspec URL."""
     store = open_store(path, allow_incomplete=True)
     m = store.manifest
     arrays = {}
@@ -24,7 +25,7 @@ def describe(path: Path) -> dict:
     splits = dict(store.samples.stats) if store.samples is not None else {}
     store.close()
     return {
-        "path": str(path),
+        "path": str(store.path),
         "manifest": m.model_dump(mode="json"),
         "arrays": arrays,
         "splits": splits,

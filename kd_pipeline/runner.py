@@ -6,6 +6,10 @@ module declares NAME, PARAMS (top-level config keys it reads), deps(cfg) and out
 After a successful run the runner writes `<out>/.kd/stamps/<NAME>.json` with the hashes of those three; the
 next `kd run` skips the stage if all still match. A student parameter therefore re-runs only the student
 stages and evaluation: the teacher pass depends on data, teacher, cache and the teacher checkpoint only.
+
+A pipeline without a teacher (a consumer of someone else's store, kd_pipeline/consumer.py) has no teacher
+stages (those with NEEDS_TEACHER). Stages may declare preflight(cfg), run before any stage runs (e.g. the
+cache stage refusing a store this run folder may not write before a teacher is trained for it).
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def load_stages() -> list[ModuleType]:
 def path_digest(p: Path) -> str | None:
     """Content identity of a stage output: a file's sha256, or for a store its manifest, Parquet table and
     block markers (which carry the sha256 of every block), so a store is identified without reading it."""
+    from .store.location import is_remote
+
+    if is_remote(p):
+        from .store.reader import remote_digest
+
+        return remote_digest(p)
     if p.is_file():
         return file_sha256(p)
     if not p.is_dir():
@@ -119,6 +129,15 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
     for n in only:
         if n not in names:
             raise ConfigError(f"--stage {n}: no such stage (stages: {', '.join(names)})")
+    if cfg.consumer:
+        stages = [s for s in stages if not getattr(s, "NEEDS_TEACHER", False)]
+        mine = [s.NAME for s in stages]
+        for n in only:
+            if n not in mine:
+                raise ConfigError(f"--stage {n}: a pipeline without a teacher (it trains from cache.path) has only the stages {', '.join(mine)}")
+    for stage in stages:
+        if hasattr(stage, "preflight") and (not only or stage.NAME in only):
+            stage.preflight(cfg)
     dist = dist or Dist.from_env(cfg.cache.device)
     ran = []
     if dist.is_main:

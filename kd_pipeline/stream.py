@@ -2,7 +2,9 @@
 
 Student (`student_batches`): each pass permutes the store's training blocks (blocks holding only evaluation
 rows are never read); rank r of a torchrun group takes every world-th of that order. `window` blocks are
-read at a time in a background thread (whole chunks, checked with `CacheStore.check_block`), together with
+read at a time, every chunk of the window in flight at once, `read_ahead` windows ahead of the consumer in
+worker threads (2; 4 for a remote store, where each chunk is a request) (whole chunks, checked with
+`CacheStore.check_block`), together with
 the samples that start in them (samples.parquet, by row group); those samples are shuffled together and cut
 into batches of `batch_size` samples; left-overs carry into the next window, so every sample is seen once per
 pass and batches are full. A batch's targets come from the window's arrays (read once per block). Its inputs
@@ -19,10 +21,9 @@ checkpoint was (no batch is fetched for the skipped ones).
 
 from __future__ import annotations
 
-import threading
 from collections import deque
-from queue import Queue
-from typing import Iterator, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,9 +33,9 @@ from .distributed import Dist
 from .kinds import pad_batch
 from .store import CacheStore
 from .store.ids import decode_ids
+from .store.location import is_remote
 from .targets import targets_from_arrays
 
-T = TypeVar("T")
 UNIT_KEYS = ("split", "sample_id", "label", "start", "num_rows")  # per sample of a window; start = its first row in the window
 
 
@@ -42,12 +43,15 @@ class BlockStream:
     """The student's draw order over a store: windows of shuffled blocks -> batches of samples (numpy)."""
 
     def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, rank: int = 0,
-                 world: int = 1, check: bool = True):
+                 world: int = 1, check: bool = True, evaluation: bool = False, read_ahead: int | None = None):
         self.store, self.batch_size, self.window, self.check = store, batch_size, window, check
+        self.read_ahead = read_ahead or (4 if is_remote(store.path) else 2)  # windows read ahead, concurrently
         self.rank, self.world = rank, world
         m = store.manifest
-        self.exclude = m.dataset.splits.index(m.dataset.eval_split) if m.dataset.eval_split else -1
-        self.blocks = np.flatnonzero(store.samples.train_blocks)  # blocks where some training sample starts
+        self.eval_code = m.dataset.splits.index(m.dataset.eval_split) if m.dataset.eval_split else -1
+        # training: blocks where some training sample starts. evaluation (store_eval.py): those of the eval split
+        self.evaluation = evaluation
+        self.blocks = np.flatnonzero(store.samples.eval_blocks if evaluation else store.samples.train_blocks)
         # Two generators: the reader thread draws block orders, the consumer sample orders. One shared generator
         # would make the batch sequence depend on thread timing; two keep it a function of the seed (resume).
         self.block_rng, self.row_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -63,21 +67,25 @@ class BlockStream:
         C = self.store.manifest.chunk_rows
         cache: dict[int, dict[str, np.ndarray]] = {}
 
+        def hold(bb: int, a: dict[str, np.ndarray]) -> None:
+            if self.check:
+                self.store.check_block(bb, a)
+            a["ids"] = decode_ids(a, self.store.manifest)  # once per block, here in the reader thread
+            del a["topk_indices"]
+            cache[bb] = a
+
         def block(bb: int) -> dict[str, np.ndarray]:
             if bb not in cache:
-                a = self.store.read_block(bb)
-                if self.check:
-                    self.store.check_block(bb, a)
-                a["ids"] = decode_ids(a, self.store.manifest)  # once per block, here in the reader thread
-                del a["topk_indices"]
-                cache[bb] = a
+                hold(bb, self.store.read_block(bb))
             return cache[bb]
 
+        for bb, arrays in self.store.read_blocks(list(blocks)).items():  # the window's chunks all in flight together
+            hold(bb, arrays)
         rows, units, n = [], [], 0
         for b in blocks:
             start, stop = self.store.block_rows(b)
             s = self.store.samples.block(start, stop)
-            keep = s["split"] != self.exclude
+            keep = (s["split"] == self.eval_code) if self.evaluation else (s["split"] != self.eval_code)
             s = {k: v[keep] for k, v in s.items()}
             if not len(s["row"]):
                 continue
@@ -97,7 +105,7 @@ class BlockStream:
         if not len(self.blocks):
             return
         carry = None
-        for rows, units in background(self._read(w) for w in self._windows()):
+        for rows, units in read_ahead(self._read, self._windows(), self.read_ahead):
             if carry is not None:
                 rows, units = _merge(carry, (rows, units))
             n = len(units["split"])
@@ -160,7 +168,20 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)
-    if store.manifest.kind == "sequence":
+    yield from with_inputs(plan, samples, store.manifest.kind, num_workers, pin_memory, worker_start(store))
+
+
+def worker_start(store: CacheStore) -> str | None:
+    """DataLoader workers must not be forked from a process that holds an s3fs/aiohttp client (not fork-safe;
+    the workers only read the dataset, but a fork copies the client's locks mid-use): forkserver then."""
+    return "forkserver" if is_remote(store.path) else None
+
+
+def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, num_workers: int = 0, pin_memory: bool = False,
+                start_method: str | None = None) -> Iterator[dict]:
+    """Batches planned from a store, with their inputs: a sequence's are in the store already; a classification
+    batch's `x` is fetched from the dataset by (split, sample id), in a DataLoader running ahead of the consumer."""
+    if kind == "sequence":
         yield from plan
         return
     waiting: deque = deque()
@@ -170,7 +191,7 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
             waiting.append(b)
             yield b["split"], b["sample_id"]
 
-    for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory)):
+    for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory, start_method)):
         b = waiting.popleft()
         assert np.array_equal(fetched["sample_id"], b["sample_id"])  # DataLoader keeps the sampler's order
         b["x"] = fetched["x"]
@@ -200,29 +221,20 @@ def shuffled_batches(samples: SplitSamples, split: int, batch_size: int, seed: i
     yield from batches_of(batch_loader(samples, keys(), num_workers, pin_memory))
 
 
-def background(produce: Iterator[T]) -> Iterator[T]:
-    """Runs the generator `produce` one item ahead in a daemon thread (reads overlap training); its
-    exceptions surface in the consumer; closing the consumer stops the producer."""
-    q: Queue = Queue(maxsize=1)
-    stop = threading.Event()
-
-    def run():
-        try:
-            for item in produce:
-                if stop.is_set():
-                    return
-                q.put(item)
-        except BaseException as e:  # surfaced in the consumer
-            q.put(e)
-
-    threading.Thread(target=run, daemon=True).start()
+def read_ahead(fn, items: Iterator, depth: int) -> Iterator:
+    """fn(item) for the next `depth` items in flight in worker threads, results yielded in the items' order
+    (so what is yielded does not depend on thread timing); an exception surfaces when its item is reached;
+    closing the consumer cancels what is not started yet."""
+    pool = ThreadPoolExecutor(max_workers=depth)
+    pending: deque = deque()
     try:
-        while True:
-            item = q.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        stop.set()
-        while not q.empty():
-            q.get_nowait()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=False)

@@ -1,7 +1,9 @@
 """Stage 1: check every split the pipeline reads, before anything trains (classification: item shapes, dtypes,
-labels, non-empty splits; fingerprint) or tokenize the corpus (sequence) -> <out>/data/."""
+labels, non-empty splits; fingerprint) or tokenize the corpus (sequence) -> <out>/data/. A pipeline without a
+teacher then checks that its data is the data the store at cache.path was made for."""
 
 from kd_pipeline.config import PipelineConfig
+from kd_pipeline.consumer import check_data_for_store
 from kd_pipeline.prepare import SUMMARY, data_dir, prepare
 
 NAME = "prepare_data"
@@ -10,7 +12,7 @@ EVERY_RANK = False  # rank 0 prepares, the others wait
 
 
 def deps(cfg: PipelineConfig):
-    return []
+    return [cfg.cache_path] if cfg.consumer else []  # a consumer's data check compares with the store
 
 
 def outs(cfg: PipelineConfig):
@@ -18,4 +20,6 @@ def outs(cfg: PipelineConfig):
 
 
 def run(cfg: PipelineConfig, dist) -> None:
-    prepare(cfg)
+    summary = prepare(cfg)
+    if cfg.consumer:
+        check_data_for_store(cfg, summary)

@@ -70,8 +70,11 @@ def test_config_errors_are_one_line_naming_the_key(tmp_path, over, sets, expect)
 
 def test_missing_key_and_missing_file(tmp_path):
     cfg = tiny_config(tmp_path / "run")
-    del cfg["teacher"]
-    assert _err(tmp_path, cfg) == "pipeline.yaml: teacher: required key is missing"
+    del cfg["student"]
+    assert _err(tmp_path, cfg) == "pipeline.yaml: student: required key is missing"
+    del cfg["teacher"]  # no teacher: a consumer of cache.path (tests/test_sharing.py), which it must then name
+    cfg["student"] = tiny_config(tmp_path / "run")["student"]
+    assert _err(tmp_path, cfg) == "pipeline.yaml: cache.path: required for a pipeline without a teacher (the store to train from)"
     with pytest.raises(ConfigError, match="nofile.yaml: no such file"):
         load_config(tmp_path / "nofile.yaml")
 

@@ -69,6 +69,13 @@ def test_lm_end_to_end(lm_run):
         assert metrics[name]["parameters"] > 0 and metrics[name]["bytes_on_disk"] > 0
     assert metrics["teacher"]["val"]["agreement_with_teacher"] == 1.0
     assert metrics["teacher"]["parameters"] > metrics["student"]["parameters"]
+    # against the teacher's stored test-split targets (store_eval.py): labels = next tokens within each window
+    fs = json.loads((out / "metrics.json").read_text())["from_store"]
+    assert fs["split"] == "test" and 500 < fs["labelled_rows"] < fs["rows"]  # a window's last token has no label
+    assert abs(fs["teacher"]["accuracy"] - metrics["teacher"]["test"]["accuracy"]) < 0.05  # same teacher, ~same tokens
+    for name in ("student", "baseline"):
+        v = fs["models"][name]
+        assert 0 <= v["agreement_with_teacher"] <= 1 and v["kl_to_teacher"][f"{cfg.cache.temperatures[0]:g}"] > 0
     store = open_store(cfg.cache_path)
     m = store.manifest
     assert m.kind == "sequence" and m.num_classes == 320 and m.values_scheme == "relative"

@@ -5,22 +5,30 @@ shape, chunking), the completion markers and `samples.parquet` (its checksum, co
 labels) before any target is used. Each block read by training can also be checked (`check_block`): its
 bytes against the marker's sha256, ids in range and distinct, finite logits sorted descending,
 lse >= max(logit)/tau. Anything wrong is a StoreError naming the array and block or row.
+
+A store may be a local folder or an fsspec URL (location.py): the checks are the same; a remote store's
+markers are fetched all at once, and its samples.parquet is read once into memory (hashed and parsed from
+the same bytes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from ..errors import StoreError
-from .format import ATTR, SAMPLES, Manifest, parse_manifest
+from .format import ATTR, MARKERS, SAMPLES, Manifest, parse_manifest
+from .location import FsPath, as_location, redact, zarr_location
 from .markers import mismatched, read_all_markers, samples_sha256
 from .ids import decode_ids, stray_bits
 from .values import decode_values
@@ -43,7 +51,9 @@ class CacheStore:
         self.manifest = manifest
         self.arrays = arrays  # "topk_logits", "topk_indices", "lse", "features/<name>"
         self.samples = samples  # None while the store is incomplete
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(arrays)))
+        # chunk reads in flight at once (read_blocks): a remote store's requests overlap, up to what its server takes
+        self._max_reads = path.max_requests if isinstance(path, FsPath) else 16
+        self._slots: asyncio.Semaphore | None = None  # made on zarr's event loop, shared by all read_blocks calls
 
     @property
     def num_blocks(self) -> int:
@@ -55,14 +65,29 @@ class CacheStore:
 
     def read_block(self, b: int) -> dict[str, np.ndarray]:
         """All arrays' rows of block b; one chunk read per array, issued concurrently (~0.6 ms each)."""
-        start, stop = self.block_rows(b)
-        futs = {name: self._pool.submit(a.__getitem__, slice(start, stop)) for name, a in self.arrays.items()}
-        out = {}
-        for name, f in futs.items():
-            try:
-                out[name] = f.result()
-            except Exception as e:
-                msg = str(e).splitlines()[0] if str(e) else ""
+        return self.read_blocks([b])[b]
+
+    def read_blocks(self, blocks: list[int]) -> dict[int, dict[str, np.ndarray]]:
+        """read_block for several blocks: every chunk read issued together on zarr's event loop (asyncio.gather;
+        on a remote store each is a request, so a window's blocks cost about one round trip, not 4 per block)."""
+        keys = [(b, name) for b in blocks for name in self.arrays]
+
+        async def one(b: int, name: str):
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self._max_reads)
+            async with self._slots:
+                return await self.arrays[name].async_array.getitem(slice(*self.block_rows(b)))
+
+        async def every():
+            return await asyncio.gather(*(one(b, name) for b, name in keys), return_exceptions=True)
+
+        out: dict[int, dict[str, np.ndarray]] = {b: {} for b in blocks}
+        for (b, name), got in zip(keys, zarr_sync(every())):
+            out[b][name] = got
+            if isinstance(got, BaseException):
+                e = got
+                start, stop = self.block_rows(b)
+                msg = redact(str(e).splitlines()[0]) if str(e) else ""
                 raise StoreError(f"{self.path}: array {name} block {b} (rows {start}..{stop}): cannot read, truncated or corrupt chunk ({type(e).__name__}: {msg})") from e
         return out
 
@@ -112,26 +137,41 @@ class CacheStore:
                 raise StoreError(f"{self.path}: array {bad_sums[0]} block {b} (rows {start}..{stop}): bytes do not match the block's sha256 (corrupt chunk)")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        pass  # nothing held: zarr's event loop and fsspec's clients are shared by the process
 
 
-def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
-    path = Path(path)
+def read_manifest(path, allow_incomplete: bool = False) -> tuple[Manifest, "zarr.Group"]:
+    """The store's manifest, validated (schema, version, sizes; `complete` unless allow_incomplete), and its
+    zarr group, without reading any array. path: a folder or an fsspec URL (location.py)."""
+    path = as_location(path)
     where = str(path)
-    if not (path / "zarr.json").is_file():
+    try:
+        found = (path / "zarr.json").is_file()
+        size = (path / "zarr.json").stat().st_size if found else 0
+    except Exception as e:  # a remote store that cannot be reached: endpoint, credentials, bucket
+        raise StoreError(redact(f"{where}: cannot read the store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")) from e
+    if not found:
         raise StoreError(f"{where}: no store here (no zarr.json); run the cache_teacher stage first")
-    if (path / "zarr.json").stat().st_size > MAX_ZARR_JSON:
+    if size > MAX_ZARR_JSON:
         raise StoreError(f"{where}/zarr.json: larger than {MAX_ZARR_JSON} bytes; not a kd-cache manifest")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns about samples.parquet and _markers/
-            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            group = zarr.open_group(zarr_location(path, read_only=True), mode="r", zarr_format=3)
             raw = group.attrs.get(ATTR)
     except Exception as e:
-        raise StoreError(f"{where}/zarr.json: unreadable ({type(e).__name__}: {e})") from e
+        raise StoreError(redact(f"{where}/zarr.json: unreadable ({type(e).__name__}: {e})")) from e
     m = parse_manifest(raw, where)
     if not m.complete and not allow_incomplete:
         raise StoreError(f"{where}: store is incomplete (complete: false); rerun the cache_teacher stage to finish it")
+    return m, group
+
+
+def open_store(path, allow_incomplete: bool = False) -> CacheStore:
+    """A store (folder or fsspec URL), validated as the module docstring says, ready for block reads."""
+    path = as_location(path)
+    where = str(path)
+    m, group = read_manifest(path, allow_incomplete)
     for name in m.array_specs():
         meta = path / name / "zarr.json"
         if meta.is_file() and meta.stat().st_size > MAX_ZARR_JSON:
@@ -176,11 +216,16 @@ class SamplesIndex:
         self.groups: list[tuple[int, int]] = []  # per row group: first row, one past its last sample's first row
         # blocks in which some training sample starts (the rest hold only evaluation rows: never streamed)
         self.train_blocks = np.zeros(m.num_blocks, bool)
+        self.eval_blocks = np.zeros(m.num_blocks, bool)  # blocks in which some evaluation sample starts
+        self._data: bytes | None = None  # a remote table's bytes, read once (hashed and parsed from the same)
         self.eval_split = m.dataset.eval_split
         self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()  # block() is called from several read-ahead threads
         self._validate()
 
     def _file(self):
+        if self._data is not None:
+            return pq.ParquetFile(pa.BufferReader(self._data))
         return pq.ParquetFile(str(self.path / SAMPLES))
 
     def _validate(self) -> None:
@@ -191,9 +236,15 @@ class SamplesIndex:
         if f.stat().st_size > limit:
             raise StoreError(f"{where}: {f.stat().st_size:,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
         h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        if isinstance(f, FsPath):
+            self._data = f.read_bytes()
+            if len(self._data) > limit:
+                raise StoreError(f"{where}: {len(self._data):,} bytes is too large for {m.num_rows:,} rows (limit {limit:,})")
+            h.update(self._data)
+        else:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
         if h.hexdigest() != samples_sha256(self.path):
             raise StoreError(f"{where}: bytes do not match the sha256 in _markers/samples.json (corrupt or replaced)")
         try:
@@ -255,8 +306,7 @@ class SamplesIndex:
             seen[s][sid] = True
             self.stats[s]["samples"] += len(sid)
             self.stats[s]["labelled"] += int(has_label[sel].sum())
-            if s != self.eval_split:
-                self.train_blocks[rows[sel] // m.chunk_rows] = True
+            (self.train_blocks if s != self.eval_split else self.eval_blocks)[rows[sel] // m.chunk_rows] = True
         if len(rows):
             self.groups.append((int(rows[0]), int(rows[-1]) + 1))
         else:
@@ -266,6 +316,10 @@ class SamplesIndex:
     def block(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The samples whose first row is in [start, stop), in row order: split (index into the manifest's
         splits), sample_id, row, num_rows, label (-1 = null), as numpy arrays."""
+        with self._lock:
+            return self._block(start, stop)
+
+    def _block(self, start: int, stop: int) -> dict[str, np.ndarray]:
         parts = []
         for g, (lo, hi) in enumerate(self.groups):
             if hi > start and lo < stop:
@@ -302,3 +356,22 @@ class SamplesIndex:
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + "..."
+
+
+def remote_digest(path: FsPath) -> str | None:
+    """Content identity of a remote store without downloading it: its zarr.json and every completion marker
+    (which hold the sha256 of each block and of samples.parquet), fetched together. None if there is no store."""
+    top = path.read_many(["zarr.json"])[0]
+    if top is None:
+        return None
+    try:
+        raw = json.loads(top)["attributes"][ATTR]
+        n = -(-int(raw["num_rows"]) // int(raw["chunk_rows"]))
+        assert 0 <= n <= 1 << 22  # a hostile manifest does not make us list a billion names
+    except Exception:
+        return hashlib.sha256(top).hexdigest()  # not a kd-cache manifest: its bytes are its identity
+    names = [f"block-{b:08d}.json" for b in range(n)] + ["samples.json"]
+    h = hashlib.sha256(b"zarr.json" + hashlib.sha256(top).digest())
+    for name, data in zip(names, (path / MARKERS).read_many(names)):
+        h.update(name.encode() + (hashlib.sha256(data).digest() if data is not None else b"-"))
+    return h.hexdigest()
