@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load, save
 from torch import nn
 
+from .checkpoint import canonical_safetensors
 from .store.files import atomic_write
 
 
@@ -49,7 +50,7 @@ class TrainCheckpoint:
         t["rng.torch"] = torch.get_rng_state()
         meta = {"identity": self.ident, "step": str(step), "state": json.dumps(state)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, save(t, metadata=meta))
+        atomic_write(self.path, canonical_safetensors(save(t, metadata=meta)))  # same state -> same bytes
 
     def restore(self, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> tuple[int, dict] | None:
         """Loads a matching checkpoint into params/buffers/optimizer/RNG; -> (step, state) or None."""
