@@ -7,8 +7,9 @@ parsed as YAML scalars/lists and go through exactly the same validation; their e
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -151,11 +152,13 @@ def _source(path: str, file: str, overrides: dict[str, str]) -> str:
 
 
 def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) -> ConfigError:
-    err = e.errors()[0]
+    errors = e.errors()
+    # a misspelled key gives two errors (`topk` unknown, `top_k` missing): the unknown one is the cause
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     path = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _valid_keys_hint(err["loc"])
     elif kind == "missing":
         msg = "required key is missing"
     else:
@@ -163,6 +166,23 @@ def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) ->
         if "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f", got {err['input']!r}"
     return ConfigError(f"{_source(path, file, overrides)}: {path}: {msg}")
+
+
+def _valid_keys_hint(loc: tuple) -> str:
+    """ -> ' (did you mean cache.top_k?)', the nearest valid key of the unknown key's section (difflib), or
+    the section's keys when none is near; '' where the section is not a config class (e.g. kwargs)."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return ""
+        model = next((t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return ""
+    keys = list(model.model_fields)
+    near = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    prefix = "".join(f"{p}." for p in loc[:-1])
+    return f" (did you mean {prefix}{near[0]}?)" if near else f" ({prefix.rstrip('.') or 'the top level'} takes: {', '.join(keys)})"
 
 
 def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:

@@ -57,7 +57,9 @@ CASES = [
     ({"distill.feature": {"cached": "nope", "student_module": "body"}}, (), "pipeline.yaml: distill.feature.cached: 'nope' is not one of cache.features"),
     ({}, ("cache.top_k=0",), "--set cache.top_k=0: cache.top_k: must be between 1 and num_classes (10), got 0"),
     ({}, ("student_train.lr=-1",), "--set student_train.lr=-1: student_train.lr: Input should be greater than 0"),
-    ({}, ("cache.nokey=1",), "--set cache.nokey=1: cache.nokey: unknown key"),
+    ({}, ("cache.nokey=1",), "--set cache.nokey=1: cache.nokey: unknown key (cache takes: path, top_k, temperatures, "),
+    ({}, ("studnt_train.steps=3",), "--set studnt_train.steps=3: studnt_train: unknown key (did you mean student_train?)"),
+    ({}, ("data.num_class=3",), "--set data.num_class=3: data.num_class: unknown key (did you mean data.num_classes?)"),
     ({}, ("cache.top_k",), "--set cache.top_k: expected KEY=VALUE"),
 ]
 
@@ -74,6 +76,15 @@ def test_missing_key_and_missing_file(tmp_path):
     assert _err(tmp_path, cfg) == "pipeline.yaml: teacher: required key is missing"
     with pytest.raises(ConfigError, match="nofile.yaml: no such file"):
         load_config(tmp_path / "nofile.yaml")
+
+
+def test_a_misspelled_key_is_reported_with_the_nearest_valid_one(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    cfg["cache"]["topk"] = cfg["cache"].pop("top_k")  # two errors: `topk` unknown, `top_k` missing
+    assert _err(tmp_path, cfg) == "pipeline.yaml: cache.topk: unknown key (did you mean cache.top_k?)"
+    cfg = tiny_config(tmp_path / "run")
+    cfg["distill"]["temprature"] = cfg["distill"].pop("temperature")  # has a default: only the unknown key
+    assert _err(tmp_path, cfg) == "pipeline.yaml: distill.temprature: unknown key (did you mean distill.temperature?)"
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
