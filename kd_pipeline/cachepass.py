@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 @torch.no_grad()
 def probe_features(teacher: nn.Module, x: torch.Tensor, features: dict[str, str], device: torch.device, dtype: torch.dtype) -> dict[str, list[int]]:
     """Per-row output shape of each feature module, from a forward on two rows."""
-    with capture(teacher, features, "cache.features") as out:
+    with capture(teacher, features, "cache.features", "teacher") as out:
         teacher(x[:2].to(device=device, dtype=dtype if x.is_floating_point() else x.dtype))
     return {name: list(out[name].shape[1:]) for name in features}
 
@@ -43,7 +43,7 @@ def _block_targets(teacher, x, writer: CacheWriter, feats: dict[str, str], batch
     # half the bytes to move for float16, and torch's cast is ~10x faster than numpy's float32->float16.
     to = {name: getattr(torch, dt) for name, (_, dt) in writer.specs.items()}
     parts: dict[str, list[torch.Tensor]] = {}
-    with capture(teacher, feats, "cache.features") as out:
+    with capture(teacher, feats, "cache.features", "teacher") as out:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].to(device, non_blocking=True)
             if xb.is_floating_point():

@@ -106,9 +106,9 @@ def kd_step(student: nn.Module, cfg: DistillConfig, store: CacheStore, sample_x:
     feat = cfg.feature
     projector = None
     if feat is not None:
-        with torch.no_grad(), capture(student, {"f": feat.student_module}, "distill.feature.student_module") as out:
+        with torch.no_grad(), capture(student, {"student_module": feat.student_module}, "distill.feature", "student") as out:
             student(sample_x[:2])
-        s_dim = out["f"][0].numel()
+        s_dim = out["student_module"][0].numel()
         t_dim = int(np.prod(store.manifest.features[feat.cached].shape))
         projector = FeatureProjector(s_dim, t_dim)
 
@@ -117,10 +117,10 @@ def kd_step(student: nn.Module, cfg: DistillConfig, store: CacheStore, sample_x:
         if projector is None:
             logits = student(batch["x"])
             return kd_loss(logits, batch["y"], t, cfg.temperature, cfg.alpha)
-        with capture(student, {"f": feat.student_module}, "distill.feature.student_module") as out:
+        with capture(student, {"student_module": feat.student_module}, "distill.feature", "student") as out:
             logits = student(batch["x"])
         loss, parts = kd_loss(logits, batch["y"], t, cfg.temperature, cfg.alpha)
-        mse = F.mse_loss(projector(out["f"]), t.features[feat.cached].flatten(1))
+        mse = F.mse_loss(projector(out["student_module"]), t.features[feat.cached].flatten(1))
         parts["feature_mse"] = float(mse.detach())
         return loss + feat.beta * mse, parts
 

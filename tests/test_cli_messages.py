@@ -29,3 +29,18 @@ def test_a_factory_module_in_the_working_directory_is_found_without_pythonpath(t
         sys.modules.pop("my_models", None)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "baseline.safetensors").is_file()
+
+
+def test_a_wrong_module_path_names_the_key_the_user_wrote_and_the_model(tiny_run, tmp_path):
+    from kd_pipeline.config import load_config
+
+    over = {"cache.path": str(load_config(tiny_run).cache_path)}
+    p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run", **over))
+    r = runner.invoke(app, ["run", str(p), "--stage", "train_student", "--set", "distill.feature={cached: penultimate, student_module: bdy}"])
+    assert r.exit_code == 2
+    assert _lines(r.output)[-1:] == ["error: distill.feature.student_module: no module 'bdy' in the student (some are: body, body.0, body.1, body.2, head)"]
+
+    p = write_config(tmp_path / "q.yaml", tiny_config(tmp_path / "run2", **{"teacher_train.steps": 5, "cache.features": {"penultimate": "bdy"}}))
+    r = runner.invoke(app, ["run", str(p), "--stage", "train_teacher", "--stage", "cache_teacher"])
+    assert r.exit_code == 2
+    assert _lines(r.output)[-1].startswith("error: cache.features.penultimate: no module 'bdy' in the teacher (some are: body, body.0, ")
