@@ -214,6 +214,7 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
     except ValidationError as e:
         raise _pydantic_error(e, file, overrides) from None
     _check(cfg, lambda p: _source(p, file, overrides))
+    _check_against_store(cfg, lambda p: _source(p, file, overrides))
     return cfg
 
 
@@ -246,3 +247,26 @@ def _check(cfg: PipelineConfig, src) -> None:
     ):
         fn = resolve(comp.factory, f"{src(key + '.factory')}: {key}.factory")
         check_kwargs(fn, comp.kwargs, f"{src(key + '.kwargs')}: {key}", injected)
+
+
+def _check_against_store(cfg: PipelineConfig, src) -> None:
+    """A store already at cache_path fixes the temperatures the student can use: check distill.temperature
+    at load, naming the file or --set, not when the student stage starts. Reads the manifest only; a missing
+    or unreadable store is left to the stages. A temperature in cache.temperatures is accepted as well: a
+    changed cache section makes the teacher pass rebuild the store before the student runs. (top_k needs no
+    check: no student-side option uses it; the student reads k from the store.)"""
+    from .store.reader import peek_manifest
+
+    m = peek_manifest(cfg.cache_path)
+    if m is None:
+        return
+    tau = cfg.distill.temperature
+    # the tolerance of losses.temperature_index, which the student stage applies
+    if any(abs(t - tau) <= 1e-6 * max(1.0, abs(tau)) for t in (*m.temperatures, *cfg.cache.temperatures)):
+        return
+    p = "distill.temperature"
+    also = "" if list(cfg.cache.temperatures) == list(m.temperatures) else f" nor of cache.temperatures {list(cfg.cache.temperatures)}"
+    raise ConfigError(
+        f"{src(p)}: {p}: {tau} is not one of the temperatures of the store at {cfg.cache_path} {list(m.temperatures)}{also}; "
+        "add it to cache.temperatures (the teacher pass then rebuilds the store)"
+    )

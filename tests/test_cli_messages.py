@@ -44,3 +44,15 @@ def test_a_wrong_module_path_names_the_key_the_user_wrote_and_the_model(tiny_run
     r = runner.invoke(app, ["run", str(p), "--stage", "train_teacher", "--stage", "cache_teacher"])
     assert r.exit_code == 2
     assert _lines(r.output)[-1].startswith("error: cache.features.penultimate: no module 'bdy' in the teacher (some are: body, body.0, ")
+
+
+def test_a_temperature_the_store_lacks_stops_kd_run_before_any_stage(tiny_run):
+    from kd_pipeline.config import load_config
+
+    store = load_config(tiny_run).cache_path
+    r = runner.invoke(app, ["run", str(tiny_run), "--set", "distill.temperature=2"])
+    assert r.exit_code == 2
+    assert _lines(r.output) == [
+        f"error: --set distill.temperature=2: distill.temperature: 2.0 is not one of the temperatures of the store at {store} "
+        "[1.0, 4.0]; add it to cache.temperatures (the teacher pass then rebuilds the store)"
+    ]

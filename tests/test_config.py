@@ -107,3 +107,26 @@ def test_defaults_are_declared_once_in_the_schema(tmp_path):
     assert cfg.cache_path == Path(cfg.out) / "cache"
     with pytest.raises(Exception):
         cfg.cache.top_k = 4  # frozen: validated once, never mutated
+
+
+def test_a_temperature_the_existing_store_lacks_is_refused_at_load(tiny_run, tmp_path):
+    store = load_config(tiny_run).cache_path  # temperatures [1.0, 4.0]
+    assert _err(tmp_path, tiny_config(tmp_path / "run", **{"cache.path": str(store), "distill.temperature": 2.0})) == (
+        f"pipeline.yaml: distill.temperature: 2.0 is not one of the temperatures of the store at {store} [1.0, 4.0]; "
+        "add it to cache.temperatures (the teacher pass then rebuilds the store)"
+    )
+    # the default place, <out>/cache, and a --set as the source
+    with pytest.raises(ConfigError) as e:
+        load_config(tiny_run, ["distill.temperature=3"])
+    assert str(e.value).startswith(f"--set distill.temperature=3: distill.temperature: 3.0 is not one of the temperatures of the store at {store} [1.0, 4.0];")
+    with pytest.raises(ConfigError, match=r"nor of cache.temperatures \[1.0, 2.0\]"):
+        load_config(tiny_run, ["distill.temperature=3", "cache.temperatures=[1.0, 2.0]"])
+    # accepted: one the store has, or one the changed cache section will make the teacher pass store
+    assert load_config(tiny_run, ["distill.temperature=1.0"]).distill.temperature == 1.0
+    assert load_config(tiny_run, ["distill.temperature=2", "cache.temperatures=[1.0, 2.0]"]).distill.temperature == 2.0
+    # no store yet, or one whose manifest is unreadable: left to the stages
+    assert load_config(write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "new", **{"distill.temperature": 2.0})))
+    bad = tmp_path / "bad-store"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{not json")
+    assert load_config(tiny_run, ["distill.temperature=3", f"cache.path={bad}"])

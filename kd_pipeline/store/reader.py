@@ -10,6 +10,7 @@ lse >= max(logit)/tau. Anything wrong is a StoreError naming the array and block
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,6 +110,18 @@ class CacheStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def peek_manifest(path: str | Path) -> Manifest | None:
+    """The manifest of the store at `path` from its zarr.json alone (no arrays, no table: cheap enough for
+    config loading), or None when there is no readable, valid one; open_store reports what is wrong."""
+    f = Path(path) / "zarr.json"
+    try:
+        if not f.is_file() or f.stat().st_size > MAX_ZARR_JSON:
+            return None
+        return parse_manifest(json.loads(f.read_bytes())["attributes"][ATTR], str(path))
+    except (OSError, ValueError, KeyError, TypeError, StoreError):
+        return None
 
 
 def open_store(path: str | Path, allow_incomplete: bool = False) -> CacheStore:
