@@ -14,6 +14,8 @@ from .errors import KDError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Offline knowledge distillation through a teacher-logit cache.")
 _state = {"debug": False}
+# what a rerun finds (kd_pipeline/runner.py stamps, store block markers, resume.py checkpoints)
+INTERRUPTED = "interrupted: finished stages, finished store blocks and the last training checkpoint are kept; run the same command again to resume"
 
 
 @app.callback()
@@ -54,8 +56,13 @@ def run(
         from .config import load_config
         from .runner import run_pipeline
 
-        cfg = load_config(pipeline, set_ or [])
-        run_pipeline(cfg, stage or [], force)
+        try:
+            run_pipeline(load_config(pipeline, set_ or []), stage or [], force)
+        except KeyboardInterrupt:
+            typer.echo(INTERRUPTED, err=True)
+            if _state["debug"]:
+                raise
+            raise typer.Exit(130) from None  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 
 @app.command()

@@ -56,3 +56,31 @@ def test_a_temperature_the_store_lacks_stops_kd_run_before_any_stage(tiny_run):
         f"error: --set distill.temperature=2: distill.temperature: 2.0 is not one of the temperatures of the store at {store} "
         "[1.0, 4.0]; add it to cache.temperatures (the teacher pass then rebuilds the store)"
     ]
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
+    import signal
+    import threading
+    import time
+
+    over = {"teacher_train.steps": 1_000_000, "teacher_train.checkpoint_every": 20}
+    p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run", **over))
+    ckpt = tmp_path / "run" / ".kd" / "ckpt" / "train_teacher.safetensors"
+    main = threading.main_thread().ident
+
+    def ctrl_c_after_the_first_checkpoint():
+        deadline = time.monotonic() + 120  # no checkpoint by then: interrupt anyway, the asserts below fail
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal.pthread_kill(main, signal.SIGINT)  # what the terminal sends on Ctrl-C
+
+    watcher = threading.Thread(target=ctrl_c_after_the_first_checkpoint, daemon=True)
+    watcher.start()
+    r = runner.invoke(app, ["run", str(p)])
+    watcher.join()
+    assert r.exit_code == 130, r.output
+    assert _lines(r.output)[-1] == (
+        "interrupted: finished stages, finished store blocks and the last training checkpoint are kept; "
+        "run the same command again to resume"
+    )
+    assert ckpt.is_file() and not (tmp_path / "run" / "teacher.safetensors").exists()
