@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import KDError
 
@@ -18,9 +19,32 @@ _state = {"debug": False}
 INTERRUPTED = "interrupted: finished stages, finished store blocks and the last training checkpoint are kept; run the same command again to resume"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"kd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after a command).")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after a command)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     _state["debug"] = debug
+
+
+class _RunCommand(TyperCommand):
+    """`kd run --help` ends with the stages of each pipeline kind, read from the runner's stage lists when
+    help is asked for (importing the stages loads torch: not for every `kd` call)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from .runner import PIPELINE_STAGES, load_stages
+
+        kinds = [f"pipeline: {kind} -- {', '.join(s.NAME for s in load_stages(kind))}" for kind in PIPELINE_STAGES]
+        self.epilog = "\n\n".join(["Stages, in the order they run (--stage NAME runs only the named ones):", *kinds])
+        super().format_help(ctx, formatter)
 
 
 @contextmanager
@@ -42,7 +66,7 @@ def _errors():
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(cls=_RunCommand)
 def run(
     pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="Pipeline YAML."),
     stage: Optional[List[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),

@@ -84,3 +84,26 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
         "run the same command again to resume"
     )
     assert ckpt.is_file() and not (tmp_path / "run" / "teacher.safetensors").exists()
+
+
+def test_version():
+    from importlib.metadata import version
+
+    import kd_pipeline
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output == f"kd {kd_pipeline.__version__}\n"
+    assert kd_pipeline.__version__ == version("kd-pipeline")  # pyproject.toml and the package agree
+
+
+def test_run_help_lists_the_stages_of_each_pipeline_kind():
+    import re
+
+    from kd_pipeline.runner import PIPELINE_STAGES, load_stages
+
+    r = runner.invoke(app, ["run", "--help"])
+    assert r.exit_code == 0
+    for kind in PIPELINE_STAGES:
+        assert f"pipeline: {kind}" in r.output
+        for stage in load_stages(kind):
+            assert re.search(rf"(?<!\w){stage.NAME}(?!\w)", r.output), stage.NAME
