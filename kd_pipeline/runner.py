@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import torch
 from rich.console import Console
 
 from .checkpoint import file_sha256
@@ -113,6 +114,8 @@ def is_fresh(cfg: PipelineConfig, stage: ModuleType) -> bool:
 
 def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False) -> list[str]:
     """Runs the stages in order (only those named in `only`, if given); returns the names that ran."""
+    if cfg.threads:  # 0 = leave torch's default; for this whole process (see config.PipelineConfig.threads)
+        torch.set_num_threads(cfg.threads)
     stages = load_stages(cfg.pipeline)
     names = [s.NAME for s in stages]
     for n in only:
