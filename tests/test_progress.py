@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from kd_pipeline.cli import app
 from tests.conftest import tiny_config, write_config
 
-LINE = re.compile(r"^train_teacher: ([\d,]+)/1,500 \((\d+)%\), ([\d,]+) rows/s, elapsed ([\d.]+) s, (ETA [\d.:]+( s)?|done)$")
+LINE = re.compile(r"^train_teacher: ([\d,]+)/600 \((\d+)%\), ([\d,]+) rows/s, elapsed ([\d.]+) s, (ETA [\d.:]+( s)?|done)$")
 
 
 def test_a_piped_run_prints_a_line_at_each_interval(tmp_path):
