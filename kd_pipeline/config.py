@@ -108,10 +108,10 @@ class PipelineConfig(Strict):
     seed: int = 0
     # which stage list runs (kd_pipeline/runner.py): classification, or sequence = the LM track
     pipeline: Literal["classification", "sequence"] = "classification"
-    # torch intra-op threads for every stage (torch.set_num_threads at the start of `kd run`); 0 = leave
-    # torch's setting (one per core, or OMP_NUM_THREADS). 1 because small models lose little with one thread and collapse with several
-    # on a loaded machine: the default student stage took 358 s with torch's default and 27 s with one
-    # thread on a shared 2-core box (docs/benchmarks.md, "Threads"). Raise it for large models on a quiet one.
+    # torch intra-op threads for every stage (torch.set_num_threads when run_pipeline starts); 0 = leave
+    # torch's setting (one per core, or OMP_NUM_THREADS). 1 because small models collapse with several
+    # threads on a busy machine: 2000 student steps took 5-32 s with one thread and 27-515 s with torch's
+    # default on a shared 2-core box (docs/benchmarks.md, section 5). Raise it for large models on a quiet one.
     threads: int = Field(1, ge=0)
     data: DataConfig
     teacher: Component
