@@ -63,7 +63,7 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
     import threading
     import time
 
-    over = {"teacher_train.steps": 1_000_000, "teacher_train.checkpoint_every": 20}
+    over = {"teacher_train.steps": 20_000, "teacher_train.checkpoint_every": 20}  # minutes; interrupted at step 20+
     p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run", **over))
     ckpt = tmp_path / "run" / ".kd" / "ckpt" / "train_teacher.safetensors"
     main = threading.main_thread().ident
@@ -74,10 +74,15 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
             time.sleep(0.02)
         signal.pthread_kill(main, signal.SIGINT)  # what the terminal sends on Ctrl-C
 
+    # Python's handler, as in a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher = threading.Thread(target=ctrl_c_after_the_first_checkpoint, daemon=True)
-    watcher.start()
-    r = runner.invoke(app, ["run", str(p)])
-    watcher.join()
+    try:
+        watcher.start()
+        r = runner.invoke(app, ["run", str(p)])
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert r.exit_code == 130, r.output
     assert _lines(r.output)[-1] == (
         "interrupted: finished stages, finished store blocks and the last training checkpoint are kept; "
