@@ -78,8 +78,10 @@ def run(
     _state["debug"] |= debug
     with _errors():
         from .config import load_config
+        from .progress import interval
         from .runner import run_pipeline
 
+        interval()  # a bad KD_PROGRESS_INTERVAL fails now, not at the first long step
         try:
             run_pipeline(load_config(pipeline, set_ or []), stage or [], force)
         except KeyboardInterrupt:

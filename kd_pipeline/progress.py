@@ -64,7 +64,7 @@ def _rich_bar(desc: str, total: int, unit: str) -> Iterator[Callable[[int, int],
 
 @contextmanager
 def _plain_lines(desc: str, total: int, unit: str) -> Iterator[Callable[[int, int], None]]:
-    interval = _interval()
+    every = interval()
     t0 = time.monotonic()
     s = {"done": 0, "rows": 0, "resumed": 0}  # read by the reporting thread: ints, each update is atomic
 
@@ -85,7 +85,7 @@ def _plain_lines(desc: str, total: int, unit: str) -> Iterator[Callable[[int, in
     stop = threading.Event()
 
     def report() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(every):
             print(line(), file=sys.stdout, flush=True)
 
     reporter = threading.Thread(target=report, name=f"progress:{desc}", daemon=True)
@@ -98,7 +98,8 @@ def _plain_lines(desc: str, total: int, unit: str) -> Iterator[Callable[[int, in
     print(line("done"), file=sys.stdout, flush=True)  # not after an exception: the error says what happened
 
 
-def _interval() -> float:
+def interval() -> float:
+    """Seconds between plain progress lines: $KD_PROGRESS_INTERVAL or DEFAULT_INTERVAL; KDError if invalid."""
     raw = os.environ.get(INTERVAL_ENV)
     if raw is None:
         return DEFAULT_INTERVAL
