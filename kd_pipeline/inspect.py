@@ -44,9 +44,9 @@ def teacher_stats(store: CacheStore) -> dict | None:
         "temperature": tau,
         "rows": m.num_rows,
         "mean_entropy_nats": entropy / m.num_rows,
-        "entropy_is": f"{ENTROPY_LABEL} (a lower bound)",
+        "entropy_is": f"{ENTROPY_LABEL}: a lower bound",
         "mean_confidence": confidence / m.num_rows,
-        "confidence_is": "top-1 probability" if m.targets == "topk" else "largest probability among the drawn ids (a lower bound)",
+        "confidence_is": "top-1 probability" if m.targets == "topk" else "largest probability among the drawn ids: a lower bound",
     }
 
 

@@ -57,7 +57,7 @@ def test_inspect_counts_features_disk_size_and_the_teachers_entropy(tiny_run):
     r = runner.invoke(app, ["inspect", str(cfg.cache_path)], env={"COLUMNS": "300"})
     assert r.exit_code == 0
     assert f"all arrays {20 + feature} B/row (targets 20 + features {feature})" in r.output
-    assert "entropy over stored ids + tail bucket (a lower bound)" in r.output and "(top-1 probability)" in r.output
+    assert "entropy over stored ids + tail bucket: a lower bound" in r.output and "(top-1 probability)" in r.output
 
 
 def _walk(path):
