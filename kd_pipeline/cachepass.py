@@ -52,7 +52,7 @@ def _forward(teacher: nn.Module, batch: dict, kind, features: dict[str, str], de
 def probe_features(teacher: nn.Module, samples: SplitSamples, kind, features: dict[str, str], device, dtype) -> dict[str, list[int]]:
     """Per-row shape of each cached feature, from a forward on the first sample of the first split."""
     batch = samples.head(1)
-    with torch.inference_mode(), capture(teacher, features, "cache.features") as out:
+    with torch.inference_mode(), capture(teacher, features, "cache.features", "teacher") as out:
         rows = _forward(teacher, batch, kind, features, device, dtype, out)
     return {name: list(rows[f"features/{name}"].shape[1:]) for name in features}
 
@@ -98,7 +98,7 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
     rows_written = 0
     inflight: list[Future] = []
     with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending), enabled=shard == 0) as advance, \
-            torch.inference_mode(), capture(teacher, features, "cache.features") as out:
+            torch.inference_mode(), capture(teacher, features, "cache.features", "teacher") as out:
         for b in pending:
             start, stop = writer.block_rows(b)
             s = layout.overlapping(start, stop)

@@ -9,17 +9,44 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import KDError
 from .store.location import display, redact
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Offline knowledge distillation through a teacher-logit cache.")
 _state = {"debug": False}
+# what a rerun finds (kd_pipeline/runner.py stamps, store block markers, resume.py checkpoints)
+INTERRUPTED = "interrupted: finished stages, finished store blocks and the last training checkpoint are kept; run the same command again to resume"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"kd {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after a command).")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (also after a command)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     _state["debug"] = debug
+
+
+class _RunCommand(TyperCommand):
+    """`kd run --help` ends with the stages, read from the runner's stage list when help is asked for
+    (importing the stages loads torch: not for every `kd` call)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from .runner import load_stages
+
+        names = ", ".join(s.NAME for s in load_stages())
+        self.epilog = "\n\n".join(["Stages, in the order they run, for both kinds (classification, sequence; a pipeline "
+                                    "without a teacher skips the teacher's); --stage NAME runs only the named ones:", names])
+        super().format_help(ctx, formatter)
 
 
 @contextmanager
@@ -41,7 +68,7 @@ def _errors():
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(cls=_RunCommand)
 def run(
     pipeline: Path = typer.Argument(Path("pipeline.yaml"), help="Pipeline YAML."),
     stage: Optional[List[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
@@ -53,10 +80,17 @@ def run(
     _state["debug"] |= debug
     with _errors():
         from .config import load_config
+        from .progress import interval
         from .runner import run_pipeline
 
-        cfg = load_config(pipeline, set_ or [])
-        run_pipeline(cfg, stage or [], force)
+        interval()  # a bad KD_PROGRESS_INTERVAL fails now, not at the first long step
+        try:
+            run_pipeline(load_config(pipeline, set_ or []), stage or [], force)
+        except KeyboardInterrupt:
+            typer.echo(INTERRUPTED, err=True)
+            if _state["debug"]:
+                raise
+            raise typer.Exit(130) from None  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 
 @app.command()

@@ -10,8 +10,9 @@ what the store's manifest declares (kind, num_classes, top_k, temperatures, feat
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -128,6 +129,11 @@ class PipelineConfig(Strict):
     # what a sample is: classification = one input, one store row; sequence = a window of token ids, one store
     # row per token (the LM track). The stages are the same; kind picks the parts in kd_pipeline/kinds.py
     kind: Literal["classification", "sequence"] = "classification"
+    # torch intra-op threads for every stage (torch.set_num_threads when run_pipeline starts); 0 = leave
+    # torch's setting (one per core, or OMP_NUM_THREADS). 1 because small models collapse with several
+    # threads on a busy machine: 2000 student steps took 5-32 s with one thread and 27-515 s with torch's
+    # default on a shared 2-core box (docs/benchmarks.md, section 5). Raise it for large models on a quiet one.
+    threads: int = Field(1, ge=0)
     data: DataConfig
     teacher: Optional[Component] = None  # none: a consumer of the store at cache.path (kd_pipeline/consumer.py)
     student: Component
@@ -186,11 +192,13 @@ def _source(path: str, file: str, overrides: dict[str, str]) -> str:
 
 
 def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) -> ConfigError:
-    err = e.errors()[0]
+    errors = e.errors()
+    # a misspelled key gives two errors (`topk` unknown, `top_k` missing): the unknown one is the cause
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     path = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _valid_keys_hint(err["loc"])
     elif path.startswith("cache.storage_options"):
         msg = err["msg"]  # never echo what may be a secret
     elif kind == "missing":
@@ -200,6 +208,23 @@ def _pydantic_error(e: ValidationError, file: str, overrides: dict[str, str]) ->
         if "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f", got {err['input']!r}"
     return ConfigError(f"{_source(path, file, overrides)}: {path}: {msg}")
+
+
+def _valid_keys_hint(loc: tuple) -> str:
+    """ -> ' (did you mean cache.top_k?)', the nearest valid key of the unknown key's section (difflib), or
+    the section's keys when none is near; '' where the section is not a config class (e.g. kwargs)."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return ""
+        model = next((t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return ""
+    keys = list(model.model_fields)
+    near = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    prefix = "".join(f"{p}." for p in loc[:-1])
+    return f" (did you mean {prefix}{near[0]}?)" if near else f" ({prefix.rstrip('.') or 'the top level'} takes: {', '.join(keys)})"
 
 
 def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
@@ -238,6 +263,7 @@ def load_config(path: str | Path, sets: list[str] = ()) -> PipelineConfig:
 
         cfg = resolve_consumer(cfg, raw, src)
     _check(cfg, src)
+    _check_against_store(cfg, src)
     return cfg
 
 
@@ -279,3 +305,26 @@ def _check(cfg: PipelineConfig, src) -> None:
             continue
         fn = resolve(comp.factory, f"{src(key + '.factory')}: {key}.factory")
         check_kwargs(fn, comp.kwargs, f"{src(key + '.kwargs')}: {key}", injected)
+
+
+def _check_against_store(cfg: PipelineConfig, src) -> None:
+    """A store already at cache_path fixes the temperatures the student can use: check distill.temperature
+    at load, naming the file or --set, not when the student stage starts. Reads the manifest only; a missing
+    or unreadable store is left to the stages. A temperature in cache.temperatures is accepted as well: a
+    changed cache section makes the teacher pass rebuild the store before the student runs. (top_k needs no
+    check: no student-side option uses it; the student reads k from the store.)"""
+    from .store.reader import peek_manifest
+
+    m = peek_manifest(cfg.cache_path)
+    if m is None:
+        return
+    tau = cfg.distill.temperature
+    # the tolerance of losses.temperature_index, which the student stage applies
+    if any(abs(t - tau) <= 1e-6 * max(1.0, abs(tau)) for t in (*m.temperatures, *cfg.cache.temperatures)):
+        return
+    p = "distill.temperature"
+    also = "" if list(cfg.cache.temperatures) == list(m.temperatures) else f" nor of cache.temperatures {list(cfg.cache.temperatures)}"
+    raise ConfigError(
+        f"{src(p)}: {p}: {tau} is not one of the temperatures of the store at {cfg.cache_path} {list(m.temperatures)}{also}; "
+        "add it to cache.temperatures (the teacher pass then rebuilds the store)"
+    )

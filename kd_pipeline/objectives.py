@@ -53,9 +53,9 @@ class CachedKD(nn.Module):
         self.projector = None
         feat = cfg.feature
         if feat is not None:
-            with torch.no_grad(), capture(student, {"f": feat.student_module}, "distill.feature.student_module") as out:
+            with torch.no_grad(), capture(student, {"student_module": feat.student_module}, "distill.feature", "student") as out:
                 student(probe["x"])
-            s_dim = int(np.prod(self.kind.rows(out["f"], probe).shape[1:]))
+            s_dim = int(np.prod(self.kind.rows(out["student_module"], probe).shape[1:]))
             self.projector = FeatureProjector(s_dim, int(np.prod(teacher_features[feat.cached].shape)))
 
     def forward(self, batch: dict):
@@ -63,9 +63,9 @@ class CachedKD(nn.Module):
         if self.projector is None:
             rows = self.kind.rows(self.student(batch["x"]), batch)
             return kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha)
-        with capture(self.student, {"f": cfg.feature.student_module}, "distill.feature.student_module") as out:
+        with capture(self.student, {"student_module": cfg.feature.student_module}, "distill.feature", "student") as out:
             rows = self.kind.rows(self.student(batch["x"]), batch)
         loss, parts = kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha)
-        mse = F.mse_loss(self.projector(self.kind.rows(out["f"], batch)), t.features[cfg.feature.cached].flatten(1))
+        mse = F.mse_loss(self.projector(self.kind.rows(out["student_module"], batch)), t.features[cfg.feature.cached].flatten(1))
         parts["feature_mse"] = mse.detach()
         return loss + cfg.feature.beta * mse, parts

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import torch
 from rich.console import Console
 
 from .checkpoint import file_sha256
@@ -124,6 +125,8 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
     """Runs the stages in order (only those named in `only`, if given); returns the names that ran.
     Under torchrun (RANK/WORLD_SIZE in the environment) every process calls this: rank 0 decides what is
     fresh and writes the stamps; see kd_pipeline/distributed.py for who runs what."""
+    if cfg.threads:  # 0 = leave torch's default; for this whole process (see config.PipelineConfig.threads)
+        torch.set_num_threads(cfg.threads)
     stages = load_stages()
     names = [s.NAME for s in stages]
     for n in only:

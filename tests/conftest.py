@@ -77,3 +77,16 @@ def zygote():
     kill_leftovers()
     proc.stdin.close()
     proc.wait(timeout=60)
+
+
+def inputs_in_row_order(cfg, store):
+    """The dataset's inputs of every store row, in row order (the rows interleave splits: samples.parquet
+    says which sample each row is)."""
+    import numpy as np
+
+    from kd_pipeline.prepare import open_samples
+
+    t = store.samples.table().sort_by("row")
+    splits = store.manifest.dataset.splits
+    codes = np.array([splits.index(s) for s in t["split"].to_pylist()], dtype=np.int64)
+    return open_samples(cfg, splits).__getitems__((codes, t["sample_id"].to_numpy()))["x"]

@@ -50,3 +50,12 @@ def test_quality_benchmark_smallest(tmp_path):
     quality.report(res, log=lines.append)
     assert any(line.startswith("cached k=3 - online") for line in lines)
     assert (tmp_path / "quality.json").is_file() and (tmp_path / "kd-k3-s0" / "student.safetensors").is_file()
+
+
+def test_threads_benchmark_smallest(tmp_path):
+    from bench import threads
+
+    res = threads.run(tmp_path / "run", steps=3, rounds=1, hogs=[0], sets=[*TINY, "teacher_train.steps=5"], log=lambda s: None)
+    secs = res["loads"][0]["seconds"]
+    assert set(secs) == {"threads 1", "torch default"} and all(len(v) == 1 and v[0] > 0 for v in secs.values())
+    assert _ratio_ok(res["loads"][0]["default/1"])

@@ -140,6 +140,15 @@ class CacheStore:
         pass  # nothing held: zarr's event loop and fsspec's clients are shared by the process
 
 
+def peek_manifest(path) -> Manifest | None:
+    """The manifest of the store at `path` (folder or URL) from its zarr.json alone (no arrays, no table: cheap
+    enough for config loading), or None when there is no readable, valid one; open_store reports what is wrong."""
+    try:
+        return read_manifest(path, allow_incomplete=True)[0]
+    except (OSError, ValueError, KeyError, TypeError, StoreError):
+        return None
+
+
 def read_manifest(path, allow_incomplete: bool = False) -> tuple[Manifest, "zarr.Group"]:
     """The store's manifest, validated (schema, version, sizes; `complete` unless allow_incomplete), and its
     zarr group, without reading any array. path: a folder or an fsspec URL (location.py)."""

@@ -3,7 +3,7 @@
 Unlike `open_store` (cheap checks, stops at the first problem) this reads every block of every array,
 recomputes its sha256 against the block's completion marker, runs the per-block content checks, and keeps
 going: it returns one line per problem (array, block/row, what is wrong) so a damaged store can be judged
-as a whole. Cost: one full read of the store (~0.4 M rows/s on a laptop disk, see docs/notes/storage.md).
+as a whole. Cost: one full read of the store (`python -m bench.block_checks` times it next to plain reads).
 """
 
 from __future__ import annotations
