@@ -30,6 +30,7 @@ STAGES = (  # every pipeline's stages, in order, for both kinds (what differs is
     "stages.cache_teacher",
     "stages.train_student",
     "stages.train_baseline",
+    "stages.born_again",  # only with distill.generations (self-distillation)
     "stages.evaluate",
 )
 
