@@ -57,7 +57,7 @@ def test_relation_objective_by_hand():
     targets = Targets(torch.zeros(3, 2), torch.tensor([[0, 1]] * 3), torch.full((3, 1), math.log(2.0)), (1.0,), 2, {"emb": t})
     loss, parts = module({"x": s, "y": torch.tensor([0, 1, 0]), "targets": targets})
     assert float(parts["rkd_dist"]) == pytest.approx(dist, rel=1e-5) and float(parts["rkd_angle"]) == pytest.approx(angle, rel=1e-5)
-    assert float(loss) == pytest.approx(math.log(2.0) + 25 * dist + 50 * angle, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(math.log(2.0) + 25 * dist + 50 * angle, rel=1e-5)
     loss.backward()
     assert module.student.head.bias.grad is not None
 
@@ -71,7 +71,7 @@ def test_online_objective_by_hand():
     loss, parts = module({"x": torch.zeros(1, 1), "y": torch.tensor([0])})
     kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
     assert float(parts["kl"]) == pytest.approx(kl, rel=1e-6) and float(parts["ce"]) == pytest.approx(math.log(2.0), rel=1e-6)
-    assert float(loss) == pytest.approx(alpha * math.log(2.0) + (1 - alpha) * tau * tau * kl, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(alpha * math.log(2.0) + (1 - alpha) * tau * tau * kl, rel=1e-6)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters()) and module.student.head.bias.grad is not None
     assert not module.train().teacher.training  # the teacher stays in eval mode
@@ -84,7 +84,7 @@ def test_mutual_objective_by_hand():
     kl_ba = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(p_b || p_a)
     kl_ab = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL(p_a || p_b)
     assert float(parts["kl_a"]) == pytest.approx(kl_ba) and float(parts["kl_b"]) == pytest.approx(kl_ab)
-    assert float(loss) == pytest.approx(math.log(2.0) + kl_ba - math.log(0.75) + kl_ab, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(math.log(2.0) + kl_ba - math.log(0.75) + kl_ab, rel=1e-6)
     loss.backward()
     # each student gets the gradient of its own loss only: (p - y) + (p - p_peer)
     torch.testing.assert_close(a.head.bias.grad, torch.tensor([-0.75, 0.75]))
@@ -135,7 +135,8 @@ def test_born_again_example_keeps_every_generation(tmp_path):
         want = teacher_rows(g1(samples.__getitems__((s["split"], s["sample_id"]))["x"]), store.manifest)
     blk = store.read_block(0)
     assert np.array_equal(want["ids"].numpy(), blk["topk_indices"])
-    np.testing.assert_allclose(blk["lse"], want["lse"].numpy(), rtol=1e-5)
+    # float16 values: the stored lse absorbs their rounding (docs/store-format.md "Values"), within ~1e-4
+    np.testing.assert_allclose(blk["lse"], want["lse"].numpy(), atol=5e-4)
 
 
 def test_multi_teacher_example_mixes_two_teachers_into_one_store(tmp_path):

@@ -11,6 +11,8 @@ Layout of a store folder:
     tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
     value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
     sample_counts/            (R, k) uint16           targets "sampled" only: draws of each stored id (0 = pad)
+  classification stores with augmented views (manifest `views`, kd_pipeline/views.py) add:
+    view_seed/                (R,) int64              the seed that replays row r's view (-1 = the input as is)
     _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
 Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
 [b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
