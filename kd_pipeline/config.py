@@ -300,6 +300,8 @@ def _check_distill(cfg: PipelineConfig, src) -> None:
         ("distill.mode", d.mode == "mutual" and (d.feature or d.relation), "mutual learning has no teacher features"),
         ("distill.mode", d.mode != "cached" and cfg.cache.views is not None, "cache.views replays stored views: mode cached only"),
         ("distill.mode", d.mode != "cached" and cfg.kind != "classification", "online and mutual: kind classification only"),
+        ("distill.relation", d.relation is not None and cfg.kind != "classification", "kind classification only (a batch's tokens are too many samples for B^3 angles)"),
+        ("distill.generations", d.generations > 0 and cfg.kind != "classification", "born-again generations: kind classification only"),
         ("cache.views", cfg.cache.views is not None and cfg.kind != "classification", "views of a sequence are not defined: kind classification only"),
     ]
     for p, wrong, why in bad:

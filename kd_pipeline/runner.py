@@ -2,7 +2,8 @@
 
 Stages are modules named by import path (data, not imports: the library never imports `stages`). Each stage
 module declares NAME, PARAMS (top-level config keys it reads), deps(cfg) and outs(cfg) (paths), EVERY_RANK
-(whether every torchrun process runs it, or rank 0 alone while the others wait) and run(cfg, dist).
+(whether every torchrun process runs it, or rank 0 alone while the others wait) and run(cfg, dist); an
+optional stage also declares enabled(cfg) (born_again: only with distill.generations).
 After a successful run the runner writes `<out>/.kd/stamps/<NAME>.json` with the hashes of those three; the
 next `kd run` skips the stage if all still match. A student parameter therefore re-runs only the student
 stages and evaluation: the teacher pass depends on data, teacher, cache and the teacher checkpoint only.
@@ -127,6 +128,8 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
         save_resolved_config(cfg)
     for stage in stages:
         if only and stage.NAME not in only:
+            continue
+        if not getattr(stage, "enabled", lambda c: True)(cfg):  # an optional stage its config does not ask for
             continue
         if dist.decide(not force and dist.is_main and is_fresh(cfg, stage)):
             if dist.is_main:

@@ -1,6 +1,6 @@
 """Stage 6 (with distill.generations > 0): born-again self-distillation. Generation 0 is the baseline student;
 generation g + 1 is distilled from generation g's store -> <out>/generations/g<k>/{cache, student.safetensors}
-(kd_pipeline/bornagain.py). Does nothing without distill.generations."""
+(kd_pipeline/bornagain.py). Runs only with distill.generations."""
 
 from kd_pipeline.bornagain import generation_checkpoint, generation_store, run_generations
 from kd_pipeline.config import PipelineConfig
@@ -11,8 +11,12 @@ PARAMS = ("seed", "kind", "data", "student", "student_train", "cache", "distill"
 EVERY_RANK = True  # teacher passes sharded between ranks, DistributedDataParallel training
 
 
+def enabled(cfg: PipelineConfig) -> bool:
+    return cfg.distill.generations > 0
+
+
 def deps(cfg: PipelineConfig):
-    return [data_dir(cfg) / SUMMARY, generation_checkpoint(cfg, 0)] if cfg.distill.generations else []
+    return [data_dir(cfg) / SUMMARY, generation_checkpoint(cfg, 0)]
 
 
 def outs(cfg: PipelineConfig):
@@ -21,5 +25,4 @@ def outs(cfg: PipelineConfig):
 
 
 def run(cfg: PipelineConfig, dist) -> None:
-    if cfg.distill.generations:
-        run_generations(cfg, dist)
+    run_generations(cfg, dist)

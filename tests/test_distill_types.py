@@ -5,6 +5,7 @@ stores, the multi-teacher ensemble against the dense mixture (k = C), and the co
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -153,9 +154,10 @@ def test_multi_teacher_example_mixes_two_teachers_into_one_store(tmp_path):
 def test_multi_teacher_with_full_k_is_the_dense_mixture(tiny_run, tmp_path):
     """k = num_classes for both teachers: the store the student reads holds 0.7 p_A + 0.3 p_B exactly."""
     full = {"cache.top_k": 10, "cache.values_dtype": "float32", "cache.features": {}}
-    src = load_config(tiny_run)
-    a = load_config(write_config(tmp_path / "a.yaml", tiny_config(src.out_dir, **full, **{"cache.path": str(tmp_path / "a")})))
-    run_pipeline(a, only=["cache_teacher"])
+    (tmp_path / "a-run").mkdir()  # the session run's teacher, cached again with k = C in a run folder of its own
+    shutil.copy(load_config(tiny_run).out_dir / "teacher.safetensors", tmp_path / "a-run" / "teacher.safetensors")
+    a = load_config(write_config(tmp_path / "a.yaml", tiny_config(tmp_path / "a-run", **full, **{"cache.path": str(tmp_path / "a")})))
+    run_pipeline(a, only=["prepare_data", "cache_teacher"])
     b = load_config(write_config(tmp_path / "b.yaml", tiny_config(tmp_path / "b", seed=1, **full, **{"teacher.kwargs": {"channels": 16}, "cache.temperatures": [4.0]})))
     run_pipeline(b, only=["prepare_data", "train_teacher", "cache_teacher"])
     mt = tiny_config(tmp_path / "run", **{"distill.teachers": [{"path": str(tmp_path / "a"), "weight": 0.7}, {"path": str(b.cache_path), "weight": 0.3}]})
