@@ -243,3 +243,15 @@ def test_views_example_runs_end_to_end(tmp_path):
     m = open_store(tmp_path / "run" / "cache").manifest
     assert m.views.count == 4 and m.num_rows == 300 * 4 + 100
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_views_stores_merge_with_their_seeds(views_run, tmp_path):
+    from kd_pipeline.merge import merge_stores
+
+    src = load_config(views_run).cache_path
+    shutil.copytree(src, tmp_path / "copy")
+    m = merge_stores([src, tmp_path / "copy"], tmp_path / "merged", [0.5, 0.5], temperature=4.0)
+    assert m.views == open_store(src).manifest.views and verify_store(tmp_path / "merged").problems == []
+    merged, orig = open_store(tmp_path / "merged"), open_store(src)
+    for b in (0, 5, 10):
+        assert np.array_equal(merged.read_block(b)["view_seed"], orig.read_block(b)["view_seed"])
