@@ -58,6 +58,17 @@ class TrainConfig(Strict):
     device: str = "auto"  # "auto" = this process's GPU when there is one, else cpu
 
 
+class ViewsConfig(Strict):
+    """Augmentation-consistent cached views (FKD, Shen & Xing 2022): the teacher pass stores `count` augmented
+    views of every training sample, one row each with the seed that replays it; the student replays the row's
+    view, so input and target always belong together (docs/store-format.md "Views")."""
+
+    count: int = Field(ge=1, le=4096)  # views (rows) per training sample; the evaluation split keeps 1, unaugmented
+    # factory(**kwargs) -> a transform with `name`, `version` and __call__(x (n, ...), seeds (n,) int64) -> (n, ...),
+    # a pure function of the seed (kd_pipeline/views.py)
+    transform: Component = Component(factory="kd_pipeline.views:crop_flip", kwargs={"pad": 2})
+
+
 class CacheConfig(Strict):
     # default <out>/cache; or an fsspec URL: s3://bucket/prefix, gs://…, http(s)://… (read-only: consumers only)
     path: Optional[str] = None
@@ -84,6 +95,7 @@ class CacheConfig(Strict):
     device: str = "auto"  # "auto" = cuda when available, else cpu
     # the teacher's weights and activations in the pass; top-k and logsumexp are always taken in float32
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    views: Optional[ViewsConfig] = None  # None: one row per sample, the input as the dataset returns it
 
     @field_validator("temperatures")
     @classmethod
@@ -103,10 +115,39 @@ class FeatureLoss(Strict):
     beta: float = Field(1.0, ge=0)
 
 
+class RelationLoss(Strict):
+    """RKD (Park et al. 2019) between the batch's cached teacher feature and a student module's output, both
+    flattened; added to the response loss. Defaults: the weights RepDistiller (Tian et al., ICLR 2020) uses."""
+
+    cached: str  # name under cache.features: the teacher's embedding
+    student_module: str  # module path in the student whose output is its embedding
+    w_dist: float = Field(25.0, ge=0)  # weight of the distance term RKD-D
+    w_angle: float = Field(50.0, ge=0)  # weight of the angle term RKD-A (B^3 memory: keep batches small)
+
+
+class TeacherStore(Strict):
+    path: str  # a complete store of this pipeline's data (e.g. another pipeline's cache)
+    weight: float = Field(1.0, gt=0)  # mixture weight; weights are normalised to sum 1
+
+
 class DistillConfig(Strict):
+    """How the student learns. Every mode uses alpha, temperature, feature and relation the same way
+    (docs/distillation-types.md)."""
+
+    # cached: from the store (never builds the teacher). online: the live teacher's full logits every step
+    # (the reference the cache approximates; needs the teacher checkpoint). mutual: deep mutual learning of
+    # two students (no teacher, no store)
+    mode: Literal["cached", "online", "mutual"] = "cached"
     alpha: float = Field(0.3, ge=0, le=1)  # weight of CE on labelled rows; 1-alpha on tau^2 KL
     temperature: float = Field(4.0, gt=0)  # must be one of the store's temperatures
     feature: Optional[FeatureLoss] = None
+    relation: Optional[RelationLoss] = None
+    # multi-teacher: stores of the same data mixed (kd merge's tail rule) into <out>/ensemble at `temperature`,
+    # which the student then reads instead of cache.path; mode cached only
+    teachers: list[TeacherStore] = []
+    # born-again networks: after generation 0 (the baseline student, hard labels), G generations of the same
+    # model, each distilled from the previous one's store (<out>/generations/g<k>/); 0 = none
+    generations: int = Field(0, ge=0)
     shuffle_window: int = Field(4, ge=1)  # blocks whose rows are shuffled together
 
 
@@ -292,14 +333,15 @@ def _check(cfg: PipelineConfig, src) -> None:
         if not name.isidentifier():
             p = f"cache.features.{name}"
             raise ConfigError(f"{src(p)}: {p}: feature names must be identifiers (letters, digits, _)")
-    feat = cfg.distill.feature
-    if feat is not None and feat.cached not in cfg.cache.features:
-        p = "distill.feature.cached"
-        raise ConfigError(f"{src(p)}: {p}: {feat.cached!r} is not one of cache.features {list(cfg.cache.features)}")
+    for p, used in (("distill.feature.cached", cfg.distill.feature), ("distill.relation.cached", cfg.distill.relation)):
+        if used is not None and used.cached not in cfg.cache.features:
+            raise ConfigError(f"{src(p)}: {p}: {used.cached!r} is not one of cache.features {list(cfg.cache.features)}")
+    _check_distill(cfg, src)
     for key, comp, injected in (
         ("data", cfg.data, ("split",)),
         ("teacher", cfg.teacher, ("num_classes",)),
         ("student", cfg.student, ("num_classes",)),
+        *((("cache.views.transform", cfg.cache.views.transform, ()),) if cfg.cache.views else ()),
     ):
         if comp is None:
             continue
@@ -328,3 +370,23 @@ def _check_against_store(cfg: PipelineConfig, src) -> None:
         f"{src(p)}: {p}: {tau} is not one of the temperatures of the store at {cfg.cache_path} {list(m.temperatures)}{also}; "
         "add it to cache.temperatures (the teacher pass then rebuilds the store)"
     )
+
+
+def _check_distill(cfg: PipelineConfig, src) -> None:
+    """Combinations of distillation types that cannot work together."""
+    d = cfg.distill
+    bad = [
+        ("distill.teachers", len(d.teachers) == 1, "needs two or more stores (one store: set cache.path)"),
+        ("distill.teachers", bool(d.teachers) and d.mode != "cached", "mixes stores: mode cached only"),
+        ("distill.teachers", bool(d.teachers) and (d.feature or d.relation), "an ensemble store has no features (feature, relation: read one store)"),
+        ("distill.generations", d.generations > 0 and d.mode != "cached", "born-again generations distil from stores: mode cached only"),
+        ("distill.mode", d.mode == "mutual" and (d.feature or d.relation), "mutual learning has no teacher features"),
+        ("distill.mode", d.mode != "cached" and cfg.cache.views is not None, "cache.views replays stored views: mode cached only"),
+        ("distill.mode", d.mode != "cached" and cfg.kind != "classification", "online and mutual: kind classification only"),
+        ("distill.relation", d.relation is not None and cfg.kind != "classification", "kind classification only (a batch's tokens are too many samples for B^3 angles)"),
+        ("distill.generations", d.generations > 0 and cfg.kind != "classification", "born-again generations: kind classification only"),
+        ("cache.views", cfg.cache.views is not None and cfg.kind != "classification", "views of a sequence are not defined: kind classification only"),
+    ]
+    for p, wrong, why in bad:
+        if wrong:
+            raise ConfigError(f"{src(p)}: {p}: {why}")

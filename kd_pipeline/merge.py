@@ -88,12 +88,14 @@ def merge_rows(blocks: list[dict[str, np.ndarray]], stores: list[CacheStore], co
     rel, lse = as_relative(p, tau)
     t = {"values": torch.from_numpy(rel), "ids": torch.from_numpy(i.astype(np.int64)), "lse": torch.from_numpy(lse)}
     out = to_host(encode_targets(t, m), m)
-    if m.kind == "sequence":
+    for name in ("tokens", "view_seed"):  # what a row's input is (sequence tokens, augmented views' seeds)
+        if name not in m.array_specs():
+            continue
         for blk, s in zip(blocks[1:], stores[1:]):
-            if not np.array_equal(blk["tokens"], blocks[0]["tokens"]):
-                bad = start + int(np.flatnonzero(blk["tokens"] != blocks[0]["tokens"])[0])
-                raise StoreError(f"{s.path}: tokens row {bad} differs from {stores[0].path}'s; stores to merge must hold the same token rows")
-        out["tokens"] = blocks[0]["tokens"]
+            if not np.array_equal(blk[name], blocks[0][name]):
+                bad = start + int(np.flatnonzero(blk[name] != blocks[0][name])[0])
+                raise StoreError(f"{s.path}: {name} row {bad} differs from {stores[0].path}'s; stores to merge must hold the same input rows")
+        out[name] = blocks[0][name]
     return out
 
 
@@ -125,6 +127,7 @@ def merged_manifest(stores: list[CacheStore], weights: list[float], tau: float, 
             "checkpoint_sha256": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest(),
         },
         dataset=m0.dataset.model_dump(mode="json"),
+        views=m0.views.model_dump(mode="json") if m0.views is not None else None,
         complete=False,
         created_with=f"kd-pipeline {__version__}",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,7 +154,8 @@ def _check_same_data(stores: list[CacheStore]) -> None:
         if m.targets != "topk":
             raise StoreError(f"{s.path}: holds sampled targets (ids drawn from the teacher, not its top ids); kd merge mixes top-k stores only")
         for what, a, b in (("kind", m.kind, m0.kind), ("num_classes", m.num_classes, m0.num_classes),
-                           ("dataset fingerprint", m.dataset.fingerprint, m0.dataset.fingerprint), ("num_rows", m.num_rows, m0.num_rows)):
+                           ("dataset fingerprint", m.dataset.fingerprint, m0.dataset.fingerprint), ("num_rows", m.num_rows, m0.num_rows),
+                           ("views", m.views and m.views.model_dump(), m0.views and m0.views.model_dump())):
             if a != b:
                 raise StoreError(f"{s.path}: {what} {a} differs from {s0.path}'s {b}; kd merge mixes teachers of the same data")
 

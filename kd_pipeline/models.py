@@ -29,6 +29,19 @@ def conv1d_net(num_classes: int, channels: int = 32, length: int = 40) -> Classi
     return Classifier(nn.Sequential(*layers), nn.Linear(channels * l_out, num_classes))
 
 
+def conv2d_net(num_classes: int, channels: tuple[int, ...] = (16, 32), in_channels: int = 1, size: int = 28) -> Classifier:
+    """A small image CNN: per entry of `channels`, conv 3x3 (padding 1) + ReLU + 2x2 max-pool; then linear.
+    Input (B, in_channels, size, size) -> logits (B, num_classes); body output (B, channels[-1] * s * s),
+    s = size halved (floor) once per conv."""
+    layers: list[nn.Module] = []
+    c, s = in_channels, size
+    for ch in channels:
+        layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c, s = ch, s // 2
+    layers.append(nn.Flatten())
+    return Classifier(nn.Sequential(*layers), nn.Linear(c * s * s, num_classes))
+
+
 def mlp(num_classes: int, in_features: int = 40, hidden: tuple[int, ...] = (100, 100)) -> Classifier:
     """MLP in_features-hidden...-num_classes with ReLU; body output is the last hidden layer."""
     layers: list[nn.Module] = [nn.Flatten()]

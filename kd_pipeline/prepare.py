@@ -113,6 +113,10 @@ def store_layout(cfg, summary: dict, samples: SplitSamples | None = None) -> Lay
     names = summary["store_splits"]
     sizes = {s: summary["splits"][s]["samples"] for s in names}
     lengths = None
+    if cfg.cache.views is not None:  # V rows per training sample, 1 per evaluation sample (kd_pipeline/views.py)
+        from .views import row_lengths
+
+        lengths = row_lengths(sizes, cfg.cache.views.count, cfg.data.test_split)
     if cfg.kind == "sequence":
         ds = samples.datasets if samples is not None else open_datasets(cfg, names)
         lengths = {s: d.lengths for s, d in zip(names, ds)}

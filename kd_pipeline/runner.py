@@ -2,7 +2,8 @@
 
 Stages are modules named by import path (data, not imports: the library never imports `stages`). Each stage
 module declares NAME, PARAMS (top-level config keys it reads), deps(cfg) and outs(cfg) (paths), EVERY_RANK
-(whether every torchrun process runs it, or rank 0 alone while the others wait) and run(cfg, dist).
+(whether every torchrun process runs it, or rank 0 alone while the others wait) and run(cfg, dist); an
+optional stage also declares enabled(cfg) (born_again: only with distill.generations).
 After a successful run the runner writes `<out>/.kd/stamps/<NAME>.json` with the hashes of those three; the
 next `kd run` skips the stage if all still match. A student parameter therefore re-runs only the student
 stages and evaluation: the teacher pass depends on data, teacher, cache and the teacher checkpoint only.
@@ -35,6 +36,7 @@ STAGES = (  # every pipeline's stages, in order, for both kinds (what differs is
     "stages.cache_teacher",
     "stages.train_student",
     "stages.train_baseline",
+    "stages.born_again",  # only with distill.generations (self-distillation)
     "stages.evaluate",
 )
 
@@ -132,6 +134,8 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
     for n in only:
         if n not in names:
             raise ConfigError(f"--stage {n}: no such stage (stages: {', '.join(names)})")
+    # optional stages the config does not ask for (born_again without distill.generations) are left out
+    stages = [s for s in stages if getattr(s, "enabled", lambda c: True)(cfg)]
     if cfg.consumer:
         stages = [s for s in stages if not getattr(s, "NEEDS_TEACHER", False)]
         mine = [s.NAME for s in stages]

@@ -35,6 +35,7 @@ from .store import CacheStore
 from .store.ids import decode_ids
 from .store.location import is_remote
 from .targets import targets_from_arrays
+from .views import replay
 
 UNIT_KEYS = ("split", "sample_id", "label", "start", "num_rows")  # per sample of a window; start = its first row in the window
 
@@ -147,8 +148,10 @@ def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
 def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
     """Targets (and, for a sequence, inputs and labels) of one planned batch."""
     m = store.manifest
-    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k != "tokens"}, m),
+    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in ("tokens", "view_seed")}, m),
              "split": units["split"], "sample_id": units["sample_id"]}
+    if "view_seed" in rows:  # augmented views: the rows' seeds replay their inputs (kd_pipeline/views.py)
+        batch["view_seed"], batch["num_rows"] = rows["view_seed"], units["num_rows"]
     if "tokens" in rows:
         n = units["num_rows"]
         x = np.zeros((len(n), int(n.max())), np.int64)
@@ -161,14 +164,17 @@ def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
 
 
 def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size: int, window: int, seed: int,
-                    dist: Dist = Dist(), num_workers: int = 0, skip: int = 0, pin_memory: bool = False) -> Iterator[dict]:
+                    dist: Dist = Dist(), num_workers: int = 0, skip: int = 0, pin_memory: bool = False,
+                    views=None) -> Iterator[dict]:
     """Endless training batches for the student: `targets` (Targets over the batch's rows, in row order), `x`,
     `y` (and `mask` for sequences). samples: the dataset the store's sample ids index (None for a sequence
-    store, whose inputs are in it). batch_size: samples per batch on this rank."""
+    store, whose inputs are in it). batch_size: samples per batch on this rank. views: the transform that
+    replays a store's augmented views (kd_pipeline.views.check_views): x and y then hold one row per view."""
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)
-    yield from with_inputs(plan, samples, store.manifest.kind, num_workers, pin_memory, worker_start(store))
+    for b in with_inputs(plan, samples, store.manifest.kind, num_workers, pin_memory, worker_start(store)):
+        yield b if views is None else replay(b, views)
 
 
 def worker_start(store: CacheStore) -> str | None:
@@ -198,11 +204,15 @@ def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, n
         yield b
 
 
-def shuffled_batches(samples: SplitSamples, split: int, batch_size: int, seed: int, dist: Dist = Dist(),
+def shuffled_batches(samples: SplitSamples, split: int | list[int], batch_size: int, seed: int, dist: Dist = Dist(),
                      num_workers: int = 0, skip: int = 0, pin_memory: bool = False) -> Iterator[dict]:
-    """Endless batches of `batch_size` samples (per rank) of one split: a seeded permutation per epoch, rank r
-    taking every world-th sample; the last incomplete batch of an epoch is dropped."""
-    n = len(samples.datasets[split])
+    """Endless batches of `batch_size` samples (per rank) of one split, or of several drawn together (online
+    and mutual learning: the training splits the store would hold): a seeded permutation of all their samples
+    per epoch, rank r taking every world-th sample; the last incomplete batch of an epoch is dropped."""
+    splits = [split] if isinstance(split, int) else list(split)
+    sizes = np.array([len(samples.datasets[t]) for t in splits], np.int64)
+    first = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # flat index of each split's sample 0
+    n = int(first[-1])
     rng = np.random.default_rng(seed)
 
     def keys():
@@ -211,13 +221,16 @@ def shuffled_batches(samples: SplitSamples, split: int, batch_size: int, seed: i
             mine = rng.permutation(n)[dist.rank :: dist.world]
             for i in range(0, len(mine) - batch_size + 1, batch_size):
                 if done >= skip:
-                    yield np.full(batch_size, split, np.int64), mine[i : i + batch_size].astype(np.int64)
+                    flat = mine[i : i + batch_size].astype(np.int64)
+                    t = np.searchsorted(first, flat, side="right") - 1
+                    yield np.asarray(splits, np.int64)[t], flat - first[t]
                 done += 1
 
     if n // dist.world < batch_size:
         from .errors import DataError
 
-        raise DataError(f"data: split {samples.names[split]!r} has {n} samples, fewer than one batch of {batch_size} per process")
+        names = ", ".join(repr(samples.names[t]) for t in splits)
+        raise DataError(f"data: split {names} has {n} samples, fewer than one batch of {batch_size} per process")
     yield from batches_of(batch_loader(samples, keys(), num_workers, pin_memory))
 
 

@@ -19,6 +19,7 @@ from kd_pipeline.prepare import SUMMARY, data_dir, load_summary, open_samples, s
 from kd_pipeline.store import CacheWriter
 from kd_pipeline.store.location import FsPath
 from kd_pipeline.store.writer import existing_manifest
+from kd_pipeline.views import Views, build_views
 
 NAME = "cache_teacher"
 PARAMS = ("kind", "data", "teacher", "cache", "sequence")
@@ -53,8 +54,10 @@ def run(cfg: PipelineConfig, dist) -> None:
     check_output(teacher, samples.head(), samples.kind, cfg.data.num_classes, "teacher")
     device, dtype = device_for(dist, cfg.cache.device), getattr(torch, cfg.cache.teacher_dtype)
     teacher = teacher.to(device=device, dtype=dtype)
-    shapes = probe_features(teacher, samples, samples.kind, cfg.cache.features, device, dtype)
-    manifest = build_manifest(cfg, summary, layout, sha, shapes)
+    got = build_views(cfg)  # augmented views (cache.views): V rows per training sample
+    views = Views(got[0], cfg.cache.views.count, cfg.seed, layout.names.index(cfg.data.test_split)) if got else None
+    shapes = probe_features(teacher, samples, samples.kind, cfg.cache.features, device, dtype, views)
+    manifest = build_manifest(cfg, summary, layout, sha, shapes, got and got[1])
     # rank 0 creates (or resumes) the store first; the others then open what it made
     writer = dist.together(lambda: CacheWriter.open(cfg.cache_path, manifest, shard=dist.rank, num_shards=dist.world,
                                                        owner=RunOwner(cfg.out_dir, cfg.teacher)), first=0)
@@ -62,7 +65,7 @@ def run(cfg: PipelineConfig, dist) -> None:
         for old in writer.lock.taken_over:
             print(f"cache_teacher: took over the stale lock of pid {old.get('pid')} on {old.get('host')} (started {old.get('started_at')})")
         dist.together(lambda: teacher_pass(teacher, writer, layout, samples, samples.kind, cfg.cache.features,
-                                           samples_per_batch(cfg, cfg.cache.batch_size), device, dtype, cfg.data.num_workers, cfg.seed, dist.rank, dist.world))
+                                           samples_per_batch(cfg, cfg.cache.batch_size), device, dtype, cfg.data.num_workers, cfg.seed, dist.rank, dist.world, views))
         if dist.is_main:
             if cfg.kind == "sequence" and cfg.data.val_split and not writer.manifest.complete:
                 recon = measure_reconstruction(teacher, writer.manifest, open_samples(cfg, [cfg.data.val_split]), cfg.sequence.recon_tokens,

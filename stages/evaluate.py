@@ -14,6 +14,7 @@ from kd_pipeline.models import build_model
 from kd_pipeline.prepare import SUMMARY, data_dir, open_samples, samples_per_batch
 from kd_pipeline.store import open_store
 from kd_pipeline.store_eval import store_metrics
+from kd_pipeline.student import extra_students
 
 NAME = "evaluate"
 PARAMS = ("kind", "data", "teacher", "student", "evaluate", "sequence")
@@ -23,7 +24,7 @@ STUDENTS = ("student", "baseline")  # checkpoint names of the two students (both
 
 def deps(cfg: PipelineConfig):
     teacher = [cfg.out_dir / "teacher.safetensors"] if cfg.teacher is not None and cfg.teacher_train is not None else []
-    return teacher + [cfg.out_dir / f"{n}.safetensors" for n in STUDENTS] + [data_dir(cfg) / SUMMARY, cfg.cache_path]
+    return teacher + [cfg.out_dir / f"{n}.safetensors" for n in STUDENTS] + [*extra_students(cfg).values(), data_dir(cfg) / SUMMARY, cfg.cache_path]
 
 
 def outs(cfg: PipelineConfig):
@@ -34,8 +35,8 @@ def run(cfg: PipelineConfig, dist) -> None:
     models = {}
     if cfg.teacher is not None and (cfg.teacher_train is None or (cfg.out_dir / "teacher.safetensors").is_file()):
         models["teacher"] = (load_teacher(cfg)[0], cfg.out_dir / "teacher.safetensors")
-    for name in STUDENTS:
-        ckpt = cfg.out_dir / f"{name}.safetensors"
+    students = {n: cfg.out_dir / f"{n}.safetensors" for n in STUDENTS} | extra_students(cfg)  # + mutual peer, born-again generations
+    for name, ckpt in students.items():
         models[name] = (load_model(build_model(cfg.student, cfg.data.num_classes, "student"), ckpt, name), ckpt)
     splits = [*([cfg.data.val_split] if cfg.data.val_split else []), cfg.data.test_split]
     samples = open_samples(cfg, splits)

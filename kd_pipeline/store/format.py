@@ -12,6 +12,8 @@ Layout of a store folder:
     tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
     value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
     sample_counts/            (R, k) uint16           targets "sampled" only: draws of each stored id (0 = pad)
+  classification stores with augmented views (manifest `views`, kd_pipeline/views.py) add:
+    view_seed/                (R,) int64              the seed that replays row r's view (-1 = the input as is)
     _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
 Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
 [b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
@@ -99,6 +101,14 @@ class ReconstructionKL(_Open):
     temperature: float
 
 
+class ViewsInfo(_Open):
+    """Augmented views (kd_pipeline/views.py): `count` rows per training sample, each with its `view_seed`."""
+
+    count: int = Field(ge=1, le=4096)
+    transform: dict  # name, version, factory, kwargs: what replays a row's view from its seed
+    seed: int  # the pipeline seed the view seeds were drawn from
+
+
 class Manifest(_Open):
     format: Literal["kd-cache"]
     version: int
@@ -126,6 +136,7 @@ class Manifest(_Open):
     teacher: TeacherInfo
     dataset: DatasetInfo
     features: dict[str, FeatureInfo] = {}
+    views: Optional[ViewsInfo] = None  # classification only: augmented views, `count` rows per training sample
     complete: bool
     created_with: str
     created_at: Optional[str] = None
@@ -145,7 +156,14 @@ class Manifest(_Open):
         """Bytes of the stored targets per row (per token in a sequence store): every array but the input
         tokens and the features."""
         return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-                   for name, (shape, dtype) in self.array_specs().items() if name != "tokens" and not name.startswith("features/"))
+                   for name, (shape, dtype) in self.array_specs().items() if name not in ("tokens", "view_seed") and not name.startswith("features/"))
+
+    def rows_per_sample(self, split: str) -> int | None:
+        """Rows of every sample of `split`: 1 (classification), `views.count` (training splits of a store with
+        views; its evaluation split keeps 1), None (sequence: varies)."""
+        if self.kind == "sequence":
+            return None
+        return self.views.count if self.views is not None and split != self.dataset.eval_split else 1
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """array path -> (shape, dtype) that the arrays must have."""
@@ -162,6 +180,8 @@ class Manifest(_Open):
             specs["value_scale"] = ((R,), "float16")
         if self.targets == "sampled":
             specs["sample_counts"] = ((R, k), "uint16")
+        if self.views is not None:
+            specs["view_seed"] = ((R,), "int64")
         for name, f in self.features.items():
             specs[f"features/{name}"] = ((R, *f.shape), f.dtype)
         return specs
@@ -219,7 +239,10 @@ def _check_sizes(m: Manifest, where: str) -> None:
     d = m.dataset
     if len(set(d.splits)) != len(d.splits) or set(d.splits) != set(d.split_sizes):
         raise StoreError(f"{where}: manifest.dataset.splits: {d.splits} must be distinct and match split_sizes {list(d.split_sizes)}")
-    total = sum(d.split_sizes.values())  # samples: one row each (classification), >= 1 row each (sequence)
+    if m.views is not None and (m.kind != "classification" or d.eval_split is None):
+        raise StoreError(f"{where}: manifest.views: only classification stores with an eval_split hold views")
+    # rows: a fixed count per sample (classification), >= 1 per sample (sequence)
+    total = sum(n * (m.rows_per_sample(s) or 1) for s, n in d.split_sizes.items())
     if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or (total != m.num_rows if m.kind == "classification" else total > m.num_rows):
         raise StoreError(f"{where}: manifest.dataset.split_sizes: {d.split_sizes} must add up to num_rows={m.num_rows}")
     row_bytes = 0

@@ -212,8 +212,8 @@ class SamplesIndex:
     """samples.parquet, validated in one streamed pass at open and then read a block's samples at a time.
 
     The pass checks (without holding the table): its sha256 against _markers/samples.json, the row count in
-    the footer, columns and types, rows sorted and covering 0..num_rows-1 exactly once, num_rows >= 1 (== 1 for
-    classification), split names from the manifest, sample ids in 0..split size-1 and distinct per split
+    the footer, columns and types, rows sorted and covering 0..num_rows-1 exactly once, num_rows >= 1 (for
+    classification: the manifest's rows per sample of the split), split names from the manifest, sample ids in 0..split size-1 and distinct per split
     (a bitmap: 1 byte per sample), labels in [0, num_classes) or null. It keeps each row group's row range, so
     `block(start, stop)` reads only the row groups holding samples that start in [start, stop) (a store
     written by kd-pipeline >= 0.2 has one row group per block)."""
@@ -260,7 +260,7 @@ class SamplesIndex:
             reader = self._file()
             n_samples = sum(m.dataset.split_sizes.values())  # = num_rows for classification stores
             if reader.metadata.num_rows != n_samples:  # checked before reading any column
-                says = f"num_rows={m.num_rows}" if m.kind == "classification" else f"{n_samples} samples"
+                says = f"num_rows={m.num_rows}" if m.kind == "classification" and m.views is None else f"{n_samples} samples"
                 raise StoreError(f"{where}: has {reader.metadata.num_rows} rows, manifest says {says}")
             schema = reader.schema_arrow
             for col, typ in _SAMPLE_COLUMNS.items():
@@ -292,8 +292,12 @@ class SamplesIndex:
         rows, n = t["row"].to_numpy(), t["num_rows"].to_numpy()
         if (n < 1).any():
             raise StoreError(f"{where}: num_rows must be >= 1")
-        if m.kind == "classification" and (n != 1).any():
-            raise StoreError(f"{where}: classification stores have num_rows == 1 per sample")
+        splits = t["split"].to_numpy(zero_copy_only=False)
+        if m.kind == "classification":
+            want_n = np.array([m.rows_per_sample(s) for s in splits], np.int64)
+            if (n != want_n).any():
+                i = int(np.flatnonzero(n != want_n)[0])
+                raise StoreError(f"{where}: table row {table_row + i}: num_rows {int(n[i])}, the manifest's rows per sample of split {_short(splits[i])} is {int(want_n[i])}")
         want = expect + np.concatenate([[0], np.cumsum(n)[:-1]]) if len(n) else n
         if len(rows) and not np.array_equal(rows, want):
             i = int(np.flatnonzero(rows != want)[0])
@@ -302,7 +306,6 @@ class SamplesIndex:
         bad = np.flatnonzero((lab < 0) | (lab >= m.num_classes))
         if bad.size:
             raise StoreError(f"{where}: table row {table_row + int(bad[0])}: label {int(lab[bad[0]])} outside [0, {m.num_classes})")
-        splits = t["split"].to_numpy(zero_copy_only=False)
         ids = t["sample_id"].to_numpy()
         has_label = ~np.asarray(t["label"].is_null())
         for s in np.unique(splits):
