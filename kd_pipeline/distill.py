@@ -55,3 +55,13 @@ def _fingerprint_of(cfg, splits: list[str]) -> str:
     from .kinds import kind_for
 
     return scan_splits(cfg.data, kind_for(cfg.kind, cfg.data.num_classes), list(splits), [])["fingerprint"]
+
+
+def check_uld_store(store: CacheStore) -> None:
+    """Cross-tokenizer distillation needs top-k targets (ULD sorts them) and per-row character offsets."""
+    m = store.manifest
+    if m.targets != "topk":
+        raise StoreError(f"{store.path}: store has {m.targets} targets; the ULD loss needs topk (the k largest probabilities)")
+    if not m.char_offsets:
+        raise StoreError(f"{store.path}: store has no char_end array (made before kd-pipeline kept character offsets); "
+                         "re-run cache_teacher to align a student with its own tokenizer")

@@ -1,8 +1,10 @@
 """Evaluation, the same for both kinds: every model over a split's rows, streamed, -> metrics.json, report.
 
 Per model and split, over the rows with a label: accuracy (top-1 = label; next-token accuracy for a sequence),
-cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the first
-model (the teacher). Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward.
+cross-entropy (nats per row) and perplexity (exp of it), for a sequence with character offsets also nats per
+character of the labelled tokens' text and its exponential (comparable across tokenizers), and over all rows
+the top-1 agreement with the first model (the teacher; None where the vocabularies differ).
+Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
     for m in models.values():
         m.eval().to(device)
     acc = {n: np.zeros(4) for n in models}  # correct, ce sum, agreeing rows, rows
-    labelled = 0
+    labelled, chars = 0, 0
     keys = sequential_keys([limit], [0], batch_size)
     keys = ((np.full(len(i), split, np.int64), i) for _, i in keys)
     for batch in batches_of(batch_loader(samples, keys, num_workers)):
@@ -58,6 +60,8 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         y = kind.row_labels(batch).to(device)
         lab = y >= 0
         labelled += int(lab.sum())
+        if "char_len" in batch:  # characters of the labelled tokens: per-character figures compare tokenizers
+            chars += int(batch["char_len"][batch["mask"]].sum())
         ref = None
         for name, m in models.items():
             rows = kind.rows(m(x), {**batch, "mask": batch.get("mask", torch.ones(0)).to(device)} if "mask" in batch else batch).float()
@@ -73,6 +77,8 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         ce_mean = ce / max(labelled, 1)
         out[name] = {"accuracy": correct / max(labelled, 1), "cross_entropy": ce_mean, "perplexity": math.exp(min(ce_mean, 700.0)),
                      "agreement_with_teacher": agree / max(rows, 1), "rows": int(rows), "labelled_rows": labelled}
+        if chars:  # nats per character of text, and its exponential: comparable across tokenizers
+            out[name].update(nats_per_char=ce / chars, char_perplexity=math.exp(min(ce / chars, 700.0)), chars=chars)
     return out
 
 
@@ -130,8 +136,9 @@ def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) ->
         r = metrics["models"][n]
         for s in metrics["rows"]:
             v = r[s]
+            agree = "-" if v["agreement_with_teacher"] is None else f"{100 * v['agreement_with_teacher']:.1f}%"
             lines.append(f"| {n} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.1f} | "
-                         f"{100 * v['agreement_with_teacher']:.1f}% | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
+                         f"{agree} | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
     lines += ["", "![accuracy vs parameters and training curves](report.png)", ""]
     md = out_dir / "report.md"
     md.write_text("\n".join(lines))

@@ -25,7 +25,7 @@ from .errors import ConfigError, StoreError
 from .losses import find_temperature
 from .mixture import as_relative, mixture_topk, teacher_probs
 from .store import CacheStore, CacheWriter, Manifest, open_store
-from .store.format import indices_dtype
+from .store.format import INPUT_ARRAYS, indices_dtype
 from .store.values import decode_values, encode_targets, to_host
 
 
@@ -93,7 +93,7 @@ def merge_rows(blocks: list[dict[str, np.ndarray]], stores: list[CacheStore], co
             if not np.array_equal(blk["tokens"], blocks[0]["tokens"]):
                 bad = start + int(np.flatnonzero(blk["tokens"] != blocks[0]["tokens"])[0])
                 raise StoreError(f"{s.path}: tokens row {bad} differs from {stores[0].path}'s; stores to merge must hold the same token rows")
-        out["tokens"] = blocks[0]["tokens"]
+        out.update({k: blocks[0][k] for k in INPUT_ARRAYS if k in m.array_specs()})
     return out
 
 
@@ -118,6 +118,8 @@ def merged_manifest(stores: list[CacheStore], weights: list[float], tau: float, 
         targets="topk",
         num_rows=m0.num_rows,
         chunk_rows=m0.chunk_rows,
+        char_offsets=m0.char_offsets,
+        loss_mask=m0.loss_mask,
         # not a model anyone can build: names the mixture; the sha256 identifies its teachers and weights
         teacher={
             "factory": "ensemble",

@@ -60,12 +60,15 @@ class CachedKD(nn.Module):
 
     def forward(self, batch: dict):
         t, cfg = batch["targets"], self.cfg
+        keep = self.kind.row_loss_mask(batch)
+        if keep is not None:
+            keep = keep.to(t.values.device)
         if self.projector is None:
             rows = self.kind.rows(self.student(batch["x"]), batch)
-            return kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha)
+            return kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha, keep)
         with capture(self.student, {"f": cfg.feature.student_module}, "distill.feature.student_module") as out:
             rows = self.kind.rows(self.student(batch["x"]), batch)
-        loss, parts = kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha)
+        loss, parts = kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha, keep)
         mse = F.mse_loss(self.projector(self.kind.rows(out["f"], batch)), t.features[cfg.feature.cached].flatten(1))
         parts["feature_mse"] = mse.detach()
         return loss + cfg.feature.beta * mse, parts

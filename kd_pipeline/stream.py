@@ -31,6 +31,7 @@ from .data import SplitSamples, batch_loader, batches_of
 from .distributed import Dist
 from .kinds import pad_batch
 from .store import CacheStore
+from .store.format import INPUT_ARRAYS
 from .targets import targets_from_arrays
 
 T = TypeVar("T")
@@ -135,14 +136,17 @@ def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
 def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
     """Targets (and, for a sequence, inputs and labels) of one planned batch."""
     m = store.manifest
-    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k != "tokens"}, m),
+    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in INPUT_ARRAYS}, m),
              "split": units["split"], "sample_id": units["sample_id"]}
     if "tokens" in rows:
         n = units["num_rows"]
-        x = np.zeros((len(n), int(n.max())), np.int64)
-        mask = np.arange(x.shape[1])[None, :] < n[:, None]
-        x[mask] = rows["tokens"]
-        batch.update(pad_batch(x, n))
+        mask = np.arange(int(n.max()))[None, :] < n[:, None]
+        padded = {}
+        for name, key in (("tokens", "ids"), ("char_end", "chars"), ("loss_mask", "loss")):
+            if name in rows:
+                padded[key] = np.zeros(mask.shape, np.int64)
+                padded[key][mask] = rows[name]
+        batch.update(pad_batch(padded.pop("ids"), n, padded))
     else:
         batch["y"] = torch.from_numpy(units["label"].astype(np.int64))
     return batch
@@ -156,7 +160,7 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)
-    if store.manifest.kind == "sequence":
+    if samples is None:  # a sequence store: the inputs are its tokens
         yield from plan
         return
     waiting: deque = deque()
@@ -169,7 +173,10 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
     for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory)):
         b = waiting.popleft()
         assert np.array_equal(fetched["sample_id"], b["sample_id"])  # DataLoader keeps the sampler's order
-        b["x"] = fetched["x"]
+        if store.manifest.kind == "sequence":  # a student with its own tokens (cross-tokenizer): the store's are t_*
+            b = {"targets": b["targets"], **{f"t_{k}": v for k, v in b.items() if torch.is_tensor(v)}, **fetched}
+        else:
+            b["x"] = fetched["x"]
         yield b
 
 
