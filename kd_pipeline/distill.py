@@ -26,7 +26,8 @@ def check_store_for(store: CacheStore, cfg, summary: dict | None, teacher_ckpt: 
     if m.num_classes != cfg.data.num_classes:
         raise StoreError(f"{store.path}: store has num_classes={m.num_classes}, data.num_classes is {cfg.data.num_classes}; re-run cache_teacher ({again})")
     if summary is not None:
-        fp = summary["fingerprint"] if summary["store_splits"] == m.dataset.splits else _fingerprint_of(cfg, m.dataset.splits)
+        same = summary["store_splits"] == m.dataset.splits
+        fp = summary["fingerprint"] if same or cfg.kind == "sequence" else _fingerprint_of(cfg, m.dataset.splits)
         if fp != m.dataset.fingerprint:
             raise StoreError(
                 f"{store.path}: store was made for other data (dataset fingerprint {m.dataset.fingerprint[:19]}…, "

@@ -26,7 +26,7 @@ def assets(tmp_path_factory):
     from kd_pipeline.lm.assets import make_assets
 
     d = tmp_path_factory.mktemp("hf-assets")
-    info = make_assets(d, vocab=600, small_vocab=400, max_bytes=40_000, chats=40, context=64)
+    info = make_assets(d, vocab=600, small_vocab=400, max_bytes=40_000, chats=40, context=64, teacher_size=(2, 32), student_size=(1, 16))
     return d, info
 
 
@@ -55,6 +55,7 @@ def test_hf_pipeline_end_to_end_offline(assets, tmp_path, monkeypatch):
     d, info = assets
     cfg = load_config(write_config(tmp_path / "p.yaml", hf_config(tmp_path / "run", assets)))
     assert run_pipeline(cfg) == ["prepare_data", "train_teacher", "cache_teacher", "train_student", "train_baseline", "evaluate"]
+    assert run_pipeline(cfg) == []  # nothing changed: every stage is fresh (no tokenizer.json is written for an HF one)
     m = open_store(cfg.cache_path).manifest
     assert m.num_classes == info["vocab"] and m.teacher.outputs == info["teacher_outputs"] > info["vocab"]
     assert m.char_offsets and not m.loss_mask

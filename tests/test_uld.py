@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kd_pipeline.config import load_config
+from kd_pipeline.errors import StoreError
 from kd_pipeline.runner import run_pipeline
 from kd_pipeline.targets import Targets, full_targets, topk_targets
 from kd_pipeline.uld import align, uld_distance
@@ -112,3 +113,6 @@ def test_cross_tokenizer_end_to_end(tmp_path):
     curve = [json.loads(x) for x in (cfg.out_dir / "logs" / "train_student.jsonl").read_text().splitlines()]
     assert all(0.5 < r["aligned"] <= 1 and r["uld"] > 0 for r in curve)  # most teacher rows find a partner
     assert (cfg.out_dir / "data" / "student_tokens" / "train.ids.npy").is_file()
+    # the store's char_end only means something for the text it was made from: other text is refused
+    with pytest.raises(StoreError, match="made for other data"):
+        run_pipeline(load_config(tmp_path / "p.yaml", ["data.kwargs.max_bytes=100000"]), only=["train_student"], force=True)

@@ -104,8 +104,9 @@ def save_causal_lm(out: Path, vocab_size: int, arch: str = "llama", layers: int 
 
 
 def make_assets(out: Path, vocab: int = 2048, small_vocab: int = 1024, max_bytes: int = 300_000, chats: int = 400,
-                context: int = 128) -> dict:
-    """Writes every asset of the module doc into `out`; -> {name: path or size} (also written to out/assets.json)."""
+                context: int = 128, teacher_size: tuple[int, int] = (2, 128), student_size: tuple[int, int] = (1, 64)) -> dict:
+    """Writes every asset of the module doc into `out`; -> {name: size} (also written to out/assets.json).
+    teacher_size, student_size: (layers, width) of the two models."""
     out = Path(out)
     texts = {s: stdlib_corpus(s, max_bytes=max_bytes if s == "train" else max_bytes // 5) for s in ("train", "val", "test")}
     info = {"vocab": save_tokenizer(texts["train"], vocab, out / "tokenizer"),
@@ -113,10 +114,10 @@ def make_assets(out: Path, vocab: int = 2048, small_vocab: int = 1024, max_bytes
     for s, t in texts.items():
         write_jsonl(({"text": x} for x in t), out / "text" / f"{s}.jsonl")
         info[f"chat_{s}"] = write_jsonl(conversations(s, limit=chats if s == "train" else chats // 5), out / "chat" / f"{s}.jsonl")
-    padded = -(-info["vocab"] // 64) * 64
+    padded = (info["vocab"] // 64 + 1) * 64  # always past the vocabulary: the padded-head case
     info["teacher_outputs"] = padded
-    save_causal_lm(out / "teacher", padded, "llama", layers=2, dim=64, heads=4, context=context)
-    save_causal_lm(out / "student", info["vocab"], "gpt2", layers=1, dim=32, heads=2, context=context)
+    save_causal_lm(out / "teacher", padded, "llama", layers=teacher_size[0], dim=teacher_size[1], heads=4, context=context)
+    save_causal_lm(out / "student", info["vocab"], "gpt2", layers=student_size[0], dim=student_size[1], heads=2, context=context)
     (out / "assets.json").write_text(json.dumps(info, indent=1))
     return info
 
