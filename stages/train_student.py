@@ -65,7 +65,8 @@ def run(cfg: PipelineConfig, dist) -> None:
     else:
         module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
     d = cfg.model_dump(mode="json")
-    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world)
+    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world,
+                            *([d["sequence"]] if cross else []))  # a cross-tokenizer student's tokens come from there
     fit(module, batches, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
     if dist.is_main:
         save_model(student.cpu(), outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})

@@ -188,7 +188,7 @@ def write_split(folder: Path, split: str, docs: Iterable[tuple[np.ndarray, np.nd
     documents then get 1 everywhere)."""
     folder.mkdir(parents=True, exist_ok=True)
     ids, chars, loss = (_Appender(folder / f"{split}.{s}.npy", d) for s, d in (("ids", np.int32), ("chars", np.int32), ("loss", np.uint8)))
-    offsets, any_chat = [0], False
+    offsets, any_chat, done = [0], False, False
     try:
         for i, e, m in docs:
             if not len(i):
@@ -198,10 +198,13 @@ def write_split(folder: Path, split: str, docs: Iterable[tuple[np.ndarray, np.nd
             loss.append(np.ones(len(i), np.uint8) if m is None else m)
             any_chat |= m is not None
             offsets.append(offsets[-1] + len(i))
-    finally:
-        ids.close()
-        chars.close()
-        loss.close(keep=any_chat)
+        done = True
+    finally:  # a failed pass leaves no half-written file behind, only the raw temp files are removed
+        ids.close(keep=done)
+        chars.close(keep=done)
+        loss.close(keep=done and any_chat)
+    if not any_chat:  # a loss file of earlier data must not linger
+        (folder / f"{split}.loss.npy").unlink(missing_ok=True)
     np.save(folder / f"{split}.offsets.npy", np.asarray(offsets, np.int64))
     return len(offsets) - 1
 
