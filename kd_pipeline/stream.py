@@ -156,7 +156,8 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
                     dist: Dist = Dist(), num_workers: int = 0, skip: int = 0, pin_memory: bool = False) -> Iterator[dict]:
     """Endless training batches for the student: `targets` (Targets over the batch's rows, in row order), `x`,
     `y` (and `mask` for sequences). samples: the dataset the store's sample ids index (None for a sequence
-    store, whose inputs are in it). batch_size: samples per batch on this rank."""
+    store, whose inputs are in it; for a student with its own tokenizer, its tokens of each stored sample, and
+    the store's inputs come as t_x, t_mask, t_chars[, t_loss_mask]). batch_size: samples per batch on this rank."""
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)

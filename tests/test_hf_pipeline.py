@@ -208,3 +208,16 @@ def test_conversations_need_a_chat_template(assets, tmp_path):
     cfg = load_config(write_config(tmp_path / "p.yaml", chat_config(tmp_path / "run", assets, **{"sequence.tokenizer": None})))
     with pytest.raises(DataError, match="conversations need sequence.tokenizer"):
         run_pipeline(cfg, only=["prepare_data"])
+
+
+def test_reader_refuses_bad_offsets_and_loss_mask(chat_run):
+    from kd_pipeline.errors import StoreError
+
+    store = open_store(chat_run.cache_path)
+    block = store.read_block(0)
+    store.check_block(0, block)
+    for name, value, msg in (("char_end", -1, "char_end row 7: negative offset"), ("loss_mask", 2, "loss_mask row 7: not 0 or 1")):
+        bad = dict(block, **{name: block[name].copy()})
+        bad[name][7] = value
+        with pytest.raises(StoreError, match=msg):
+            store.check_block(0, bad)
