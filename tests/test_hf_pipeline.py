@@ -26,7 +26,7 @@ def assets(tmp_path_factory):
     from kd_pipeline.lm.assets import make_assets
 
     d = tmp_path_factory.mktemp("hf-assets")
-    info = make_assets(d, vocab=600, small_vocab=400, max_bytes=40_000, chats=40, context=64, teacher_size=(2, 32), student_size=(1, 16))
+    info = make_assets(d, vocab=600, small_vocab=400, max_bytes=40_000, text_bytes=40_000, chats=40, context=64, teacher_size=(2, 32), student_size=(1, 16))
     return d, info
 
 

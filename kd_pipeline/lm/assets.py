@@ -4,7 +4,8 @@
 - `tokenizer/`, `tokenizer-small/`: byte-level BPE tokenizers of two vocabulary sizes trained on the same
   train texts, saved with `transformers.PreTrainedTokenizerFast.save_pretrained` (tokenizer.json +
   tokenizer_config.json), with a ChatML chat template and `<|endoftext|>` as EOS;
-- `text/<split>.jsonl`: the stdlib corpus's documents as JSON lines `{"text": ...}`;
+- `text/<split>.jsonl`: the stdlib corpus's documents as JSON lines `{"text": ...}` (more text than the
+  tokenizers were trained on: a teacher trained on it sees each token about once in the example);
 - `chat/<split>.jsonl`: conversations `{"messages": [{role, content}, ...]}` made from stdlib functions with a
   docstring: a system line, the user asks for the function by module, name and docstring summary, the
   assistant answers with its source (real text; the answer is what a student learns to write);
@@ -103,16 +104,17 @@ def save_causal_lm(out: Path, vocab_size: int, arch: str = "llama", layers: int 
     model.save_pretrained(str(out))
 
 
-def make_assets(out: Path, vocab: int = 2048, small_vocab: int = 1024, max_bytes: int = 300_000, chats: int = 400,
-                context: int = 128, teacher_size: tuple[int, int] = (2, 128), student_size: tuple[int, int] = (1, 64)) -> dict:
+def make_assets(out: Path, vocab: int = 2048, small_vocab: int = 1024, max_bytes: int = 300_000, text_bytes: int = 1_500_000,
+                chats: int = 400, context: int = 128, teacher_size: tuple[int, int] = (2, 128), student_size: tuple[int, int] = (1, 64)) -> dict:
     """Writes every asset of the module doc into `out`; -> {name: size} (also written to out/assets.json).
-    teacher_size, student_size: (layers, width) of the two models."""
+    max_bytes: train text the tokenizers learn from (stdlib_corpus's first files); text_bytes: the train
+    split of text/ (val and test: a fifth of it each); teacher_size, student_size: (layers, width)."""
     out = Path(out)
-    texts = {s: stdlib_corpus(s, max_bytes=max_bytes if s == "train" else max_bytes // 5) for s in ("train", "val", "test")}
-    info = {"vocab": save_tokenizer(texts["train"], vocab, out / "tokenizer"),
-            "small_vocab": save_tokenizer(texts["train"], small_vocab, out / "tokenizer-small")}
-    for s, t in texts.items():
-        write_jsonl(({"text": x} for x in t), out / "text" / f"{s}.jsonl")
+    train = stdlib_corpus("train", max_bytes=max_bytes)
+    info = {"vocab": save_tokenizer(train, vocab, out / "tokenizer"), "small_vocab": save_tokenizer(train, small_vocab, out / "tokenizer-small")}
+    for s in ("train", "val", "test"):
+        texts = stdlib_corpus(s, max_bytes=text_bytes if s == "train" else text_bytes // 5)
+        write_jsonl(({"text": x} for x in texts), out / "text" / f"{s}.jsonl")
         info[f"chat_{s}"] = write_jsonl(conversations(s, limit=chats if s == "train" else chats // 5), out / "chat" / f"{s}.jsonl")
     padded = (info["vocab"] // 64 + 1) * 64  # always past the vocabulary: the padded-head case
     info["teacher_outputs"] = padded
