@@ -59,6 +59,11 @@ def test_hf_pipeline_end_to_end_offline(assets, tmp_path, monkeypatch):
     m = open_store(cfg.cache_path).manifest
     assert m.num_classes == info["vocab"] and m.teacher.outputs == info["teacher_outputs"] > info["vocab"]
     assert m.char_offsets and not m.loss_mask
+    from typer.testing import CliRunner
+
+    from kd_pipeline.cli import app
+
+    assert f"teacher head padded: {info['teacher_outputs']} outputs, cut to the first {info['vocab']}" in CliRunner().invoke(app, ["inspect", str(cfg.cache_path)]).output
     metrics = json.loads((cfg.out_dir / "metrics.json").read_text())["models"]
     for name in ("teacher", "student", "baseline"):
         s = metrics[name]["test"]
