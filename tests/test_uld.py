@@ -79,7 +79,7 @@ def test_alignment_pairs_rows_that_end_at_the_same_character():
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def test_cross_tokenizer_end_to_end(tmp_path):
+def test_cross_tokenizer_end_to_end(tmp_path, capsys):
     pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
     from kd_pipeline.lm.assets import save_tokenizer
     from kd_pipeline.lm.corpus import stdlib_corpus
@@ -113,6 +113,11 @@ def test_cross_tokenizer_end_to_end(tmp_path):
     curve = [json.loads(x) for x in (cfg.out_dir / "logs" / "train_student.jsonl").read_text().splitlines()]
     assert all(0.5 < r["aligned"] <= 1 and r["uld"] > 0 for r in curve)  # most teacher rows find a partner
     assert (cfg.out_dir / "data" / "student_tokens" / "train.ids.npy").is_file()
+    # the benchmark over seeds runs on this run folder (its figures are in docs/benchmarks.md, not checked here)
+    from bench.uld_quality import main
+
+    main(str(tmp_path / "p.yaml"), [0], ["student_train.steps=2"])
+    assert [json.loads(x)["model"] for x in capsys.readouterr().out.splitlines() if x.startswith("{")] == ["uld", "ce_aligned", "hard"]
     # the store's char_end only means something for the text it was made from: other text is refused
     with pytest.raises(StoreError, match="made for other data"):
         run_pipeline(load_config(tmp_path / "p.yaml", ["data.kwargs.max_bytes=100000"]), only=["train_student"], force=True)
