@@ -175,7 +175,10 @@ def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feat
         num_rows=layout.num_rows,
         chunk_rows=c.chunk_rows,
         row_order="interleaved",
-        teacher={"factory": cfg.teacher.factory, "kwargs": dict(cfg.teacher.kwargs), "checkpoint_sha256": teacher_sha256},
+        teacher={"factory": cfg.teacher.factory, "kwargs": dict(cfg.teacher.kwargs), "checkpoint_sha256": teacher_sha256,
+                 "outputs": cfg.sequence.teacher_outputs if cfg.kind == "sequence" else None},
+        char_offsets=bool(summary.get("char_offsets")),
+        loss_mask=bool(summary.get("loss_mask")),
         dataset={
             "factory": cfg.data.factory,
             "kwargs": kwargs,

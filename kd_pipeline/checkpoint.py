@@ -83,9 +83,14 @@ def load_teacher(cfg) -> tuple[nn.Module, str]:
     builds it (e.g. a pretrained Hugging Face folder), frozen. -> (teacher, sha256 identifying its weights)."""
     from .models import build_model
 
-    teacher = build_model(cfg.teacher, cfg.data.num_classes, "teacher")
+    teacher = build_model(cfg.teacher, cfg.data.num_classes, "teacher", teacher_outputs(cfg))
     if cfg.teacher_train is None:
         return teacher.eval().requires_grad_(False), weights_sha256(teacher)
     path = cfg.out_dir / "teacher.safetensors"
     load_model(teacher, path, "teacher")
     return teacher.eval().requires_grad_(False), file_sha256(path)
+
+
+def teacher_outputs(cfg) -> int | None:
+    """The teacher's padded output width to cut (sequence.teacher_outputs), or None."""
+    return cfg.sequence.teacher_outputs if cfg.kind == "sequence" else None

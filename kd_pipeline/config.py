@@ -156,12 +156,29 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(1024, ge=1)
 
 
+class StudentTokenizer(Strict):
+    """Cross-tokenizer distillation (README "Hugging Face"): the student has its own tokenizer and vocabulary
+    and learns from the store through the ULD loss (kd_pipeline/uld.py), aligned by character offsets."""
+
+    path: str  # local Hugging Face tokenizer folder (tokenizer.json), or a tokenizer.json file
+    num_classes: int = Field(ge=2)  # the student's output width (>= its tokenizer's vocabulary)
+    context: Optional[int] = Field(None, ge=2)  # student tokens per sample; None = sequence.context
+
+
 class SequenceConfig(Strict):
     """Keys of the sequence (language-model) pipeline; data.num_classes is the vocabulary size there."""
 
     context: int = Field(128, ge=2)  # tokens per sample: the teacher's and the student's context
     recon_tokens: int = Field(8192, ge=0)  # val tokens whose full logits measure the store's reconstruction KL
     eval_tokens: int = Field(65536, ge=1)  # val and test tokens evaluated per model
+    # None = train the built-in byte-level BPE (data.num_classes ids) on the train split; else a local Hugging
+    # Face tokenizer folder (tokenizer.json; offline), whose ids must be < data.num_classes
+    tokenizer: Optional[str] = None
+    # the teacher's output width when its head is padded past the vocabulary (e.g. 152064 logits for a
+    # 151936-id tokenizer): logits from data.num_classes on are cut before anything reads them; recorded in
+    # the store's manifest (teacher.outputs). None = the teacher must have exactly data.num_classes outputs
+    teacher_outputs: Optional[int] = None
+    student_tokenizer: Optional[StudentTokenizer] = None  # None = the student shares the teacher's tokenizer
 
 
 class PipelineConfig(Strict):
@@ -323,6 +340,12 @@ def _check(cfg: PipelineConfig, src) -> None:
     elif cfg.sequence.recon_tokens and not cfg.data.val_split:
         p = "data.val_split"
         raise ConfigError(f"{src(p)}: {p}: required for kind: sequence (held-out tokens for the reconstruction KL), or set sequence.recon_tokens: 0")
+    if cfg.sequence.teacher_outputs is not None and cfg.sequence.teacher_outputs <= n:
+        p = "sequence.teacher_outputs"
+        raise ConfigError(f"{src(p)}: {p}: must exceed data.num_classes ({n}) (a padded head), got {cfg.sequence.teacher_outputs}")
+    if cfg.sequence.student_tokenizer is not None and cfg.cache.targets != "topk":
+        p = "cache.targets"
+        raise ConfigError(f"{src(p)}: {p}: cross-tokenizer distillation (sequence.student_tokenizer) needs topk targets (ULD compares sorted top-k)")
     if not 1 <= cfg.cache.top_k <= n:
         p = "cache.top_k"
         raise ConfigError(f"{src(p)}: {p}: must be between 1 and num_classes ({n}), got {cfg.cache.top_k}")

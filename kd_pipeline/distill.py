@@ -33,7 +33,8 @@ def check_manifest_for(m, where: str, cfg, summary: dict | None, teacher_ckpt: P
     if m.num_classes != cfg.data.num_classes:
         raise StoreError(f"{where}: store has num_classes={m.num_classes}, data.num_classes is {cfg.data.num_classes}; {rerun}")
     if summary is not None:
-        fp = summary["fingerprint"] if summary["store_splits"] == m.dataset.splits else _fingerprint_of(cfg, m.dataset.splits)
+        same = summary["store_splits"] == m.dataset.splits
+        fp = summary["fingerprint"] if same or cfg.kind == "sequence" else _fingerprint_of(cfg, m.dataset.splits)
         if fp != m.dataset.fingerprint:
             raise StoreError(
                 f"{where}: store was made for other data (dataset fingerprint {m.dataset.fingerprint[:19]}…, "
@@ -62,3 +63,13 @@ def _fingerprint_of(cfg, splits: list[str]) -> str:
     from .kinds import kind_for
 
     return scan_splits(cfg.data, kind_for(cfg.kind, cfg.data.num_classes), list(splits), [])["fingerprint"]
+
+
+def check_uld_store(store: CacheStore) -> None:
+    """Cross-tokenizer distillation needs top-k targets (ULD sorts them) and per-row character offsets."""
+    m = store.manifest
+    if m.targets != "topk":
+        raise StoreError(f"{store.path}: store has {m.targets} targets; the ULD loss needs topk (the k largest probabilities)")
+    if not m.char_offsets:
+        raise StoreError(f"{store.path}: store has no char_end array (made before kd-pipeline kept character offsets); "
+                         "re-run cache_teacher to align a student with its own tokenizer")

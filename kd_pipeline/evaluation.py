@@ -1,10 +1,11 @@
 """Evaluation, the same for both kinds: every model over a split's rows, streamed, -> metrics.json, report.
 
 Per model and split, over the rows with a label: accuracy (top-1 = label; next-token accuracy for a sequence),
-cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the
-teacher when it is one of the models. Per model: parameters, checkpoint bytes, and CPU latency of a one-sample
-forward. Against the teacher's stored targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's
-"from_store" and the report's last table.
+cross-entropy (nats per row) and perplexity (exp of it), for a sequence with character offsets also nats per
+character of the labelled tokens' text and its exponential (comparable across tokenizers), and over all rows
+the top-1 agreement with the teacher when it is one of the models (None where the vocabularies differ).
+Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward. Against the teacher's stored
+targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's "from_store" and the report's last table.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
     for m in models.values():
         m.eval().to(device)
     acc = {n: np.zeros(4) for n in models}  # correct, ce sum, agreeing rows, rows
-    labelled = 0
+    labelled, chars = 0, 0
     keys = sequential_keys([limit], [0], batch_size)
     keys = ((np.full(len(i), split, np.int64), i) for _, i in keys)
     for batch in batches_of(batch_loader(samples, keys, num_workers)):
@@ -62,6 +63,8 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         y = kind.row_labels(batch).to(device)
         lab = y >= 0
         labelled += int(lab.sum())
+        if "char_len" in batch:  # characters of the labelled tokens: per-character figures compare tokenizers
+            chars += int(batch["char_len"][batch["mask"]].sum())
         ref = None
         for name, m in models.items():
             rows = kind.rows(m(x), {**batch, "mask": batch.get("mask", torch.ones(0)).to(device)} if "mask" in batch else batch).float()
@@ -77,6 +80,8 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         ce_mean = ce / max(labelled, 1)
         out[name] = {"accuracy": correct / max(labelled, 1), "cross_entropy": ce_mean, "perplexity": math.exp(min(ce_mean, 700.0)),
                      "agreement_with_teacher": agree / max(rows, 1) if reference in models else None, "rows": int(rows), "labelled_rows": labelled}
+        if chars:  # nats per character of text, and its exponential: comparable across tokenizers
+            out[name].update(nats_per_char=ce / chars, char_perplexity=math.exp(min(ce / chars, 700.0)), chars=chars)
     return out
 
 

@@ -125,6 +125,8 @@ def render(info: dict) -> None:
         c.print(f"{m.get('targets', 'topk')} targets, values {m.get('values_scheme', 'raw')}: reconstruction KL per token at tau={r['temperature']} "
                 f"over {r['rows']:,} held-out rows: compression {r['compression']:.3g}, full {r['full']:.3g} nats")
     c.print(f"teacher {m['teacher']['factory']} {m['teacher']['kwargs']}  sha256 {m['teacher']['checkpoint_sha256'][:16]}…")
+    if m["teacher"].get("outputs"):
+        c.print(f"teacher head padded: {m['teacher']['outputs']} outputs, cut to the first {m['num_classes']}")
     for src in m.get("sources") or []:  # an ensemble store (`kd merge`): its teachers and weights
         t, sm = src["manifest"]["teacher"], src["manifest"]
         c.print(f"  weight {src['weight']:.4g}: {t['factory']} {t['kwargs']}  top_k {sm['top_k']}  sha256 {t['checkpoint_sha256'][:16]}…")

@@ -98,11 +98,14 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def kd_loss(
-    student_logits: torch.Tensor, labels: torch.Tensor, t: Targets, tau: float, alpha: float
+    student_logits: torch.Tensor, labels: torch.Tensor, t: Targets, tau: float, alpha: float,
+    row_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """alpha * CE(y, s) over labelled rows (label >= 0) + (1 - alpha) * tau^2 * KL over all rows.
+    """alpha * CE(y, s) over labelled rows (label >= 0) + (1 - alpha) * tau^2 * KL over all rows, or over the
+    rows of `row_mask` [n] bool (conversations: assistant tokens only; its other rows carry no loss at all).
     student_logits [n, C], labels [n] (-1 = none) -> (loss, {"ce", "kl"} detached tensors)."""
     ce = masked_ce(student_logits, labels)
-    kl = (sparse_kl if t.counts is None else sampled_kl)(student_logits, t, tau).mean()
+    kl = (sparse_kl if t.counts is None else sampled_kl)(student_logits, t, tau)
+    kl = kl.mean() if row_mask is None else (kl * row_mask).sum() / row_mask.sum().clamp(min=1)
     loss = alpha * ce + (1.0 - alpha) * tau * tau * kl
     return loss, {"ce": ce.detach(), "kl": kl.detach()}

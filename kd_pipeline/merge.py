@@ -25,7 +25,7 @@ from .errors import ConfigError, StoreError
 from .losses import find_temperature
 from .mixture import as_relative, mixture_topk, teacher_probs
 from .store import CacheStore, CacheWriter, Manifest, open_store
-from .store.format import indices_dtype
+from .store.format import INPUT_ARRAYS, indices_dtype
 from .store.values import decode_values, encode_targets, to_host
 
 
@@ -88,7 +88,7 @@ def merge_rows(blocks: list[dict[str, np.ndarray]], stores: list[CacheStore], co
     rel, lse = as_relative(p, tau)
     t = {"values": torch.from_numpy(rel), "ids": torch.from_numpy(i.astype(np.int64)), "lse": torch.from_numpy(lse)}
     out = to_host(encode_targets(t, m), m)
-    for name in ("tokens", "view_seed"):  # what a row's input is (sequence tokens, augmented views' seeds)
+    for name in INPUT_ARRAYS:  # what a row's input is (tokens, text offsets, loss mask, augmented views' seeds)
         if name not in m.array_specs():
             continue
         for blk, s in zip(blocks[1:], stores[1:]):
@@ -120,6 +120,8 @@ def merged_manifest(stores: list[CacheStore], weights: list[float], tau: float, 
         targets="topk",
         num_rows=m0.num_rows,
         chunk_rows=m0.chunk_rows,
+        char_offsets=m0.char_offsets,
+        loss_mask=m0.loss_mask,
         # not a model anyone can build: names the mixture; the sha256 identifies its teachers and weights
         teacher={
             "factory": "ensemble",

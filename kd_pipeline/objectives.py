@@ -66,9 +66,12 @@ class CachedKD(nn.Module):
 
     def forward(self, batch: dict):
         t, cfg = batch["targets"], self.cfg
+        keep = self.kind.row_loss_mask(batch)  # chat data: rows outside assistant turns carry no loss at all
+        if keep is not None:
+            keep = keep.to(t.values.device)
         with capture(self.student, self.hooks, "distill", "student") as out:
             rows = self.kind.rows(self.student(batch["x"]), batch)
-        loss, parts = kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha)
+        loss, parts = kd_loss(rows, self.kind.row_labels(batch), t, cfg.temperature, cfg.alpha, keep)
         if cfg.feature is not None:
             f = self.kind.rows(out["feature.student_module"], batch)
             mse = F.mse_loss(self.projector(f), t.features[cfg.feature.cached].flatten(1))

@@ -32,6 +32,7 @@ from .data import SplitSamples, batch_loader, batches_of
 from .distributed import Dist
 from .kinds import pad_batch
 from .store import CacheStore
+from .store.format import INPUT_ARRAYS
 from .store.ids import decode_ids
 from .store.location import is_remote
 from .targets import targets_from_arrays
@@ -148,16 +149,19 @@ def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
 def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
     """Targets (and, for a sequence, inputs and labels) of one planned batch."""
     m = store.manifest
-    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in ("tokens", "view_seed")}, m),
+    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in INPUT_ARRAYS}, m),
              "split": units["split"], "sample_id": units["sample_id"]}
     if "view_seed" in rows:  # augmented views: the rows' seeds replay their inputs (kd_pipeline/views.py)
         batch["view_seed"], batch["num_rows"] = rows["view_seed"], units["num_rows"]
     if "tokens" in rows:
         n = units["num_rows"]
-        x = np.zeros((len(n), int(n.max())), np.int64)
-        mask = np.arange(x.shape[1])[None, :] < n[:, None]
-        x[mask] = rows["tokens"]
-        batch.update(pad_batch(x, n))
+        mask = np.arange(int(n.max()))[None, :] < n[:, None]
+        padded = {}
+        for name, key in (("tokens", "ids"), ("char_end", "chars"), ("loss_mask", "loss")):
+            if name in rows:
+                padded[key] = np.zeros(mask.shape, np.int64)
+                padded[key][mask] = rows[name]
+        batch.update(pad_batch(padded.pop("ids"), n, padded))
     else:
         batch["y"] = torch.from_numpy(units["label"].astype(np.int64))
     return batch
@@ -168,8 +172,10 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
                     views=None) -> Iterator[dict]:
     """Endless training batches for the student: `targets` (Targets over the batch's rows, in row order), `x`,
     `y` (and `mask` for sequences). samples: the dataset the store's sample ids index (None for a sequence
-    store, whose inputs are in it). batch_size: samples per batch on this rank. views: the transform that
-    replays a store's augmented views (kd_pipeline.views.check_views): x and y then hold one row per view."""
+    store, whose inputs are in it; for a student with its own tokenizer, its tokens of each stored sample, and
+    the store's inputs come as t_x, t_mask, t_chars[, t_loss_mask]). batch_size: samples per batch on this rank.
+    views: the transform that replays a store's augmented views (kd_pipeline.views.check_views): x and y then hold
+    one row per view."""
     plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
     for _ in range(skip):
         next(plan)
@@ -185,9 +191,10 @@ def worker_start(store: CacheStore) -> str | None:
 
 def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, num_workers: int = 0, pin_memory: bool = False,
                 start_method: str | None = None) -> Iterator[dict]:
-    """Batches planned from a store, with their inputs: a sequence's are in the store already; a classification
-    batch's `x` is fetched from the dataset by (split, sample id), in a DataLoader running ahead of the consumer."""
-    if kind == "sequence":
+    """Batches planned from a store, with their inputs: a sequence store's are in it already (samples None); a
+    classification batch's `x` is fetched from the dataset by (split, sample id), and a cross-tokenizer student's
+    own tokens of each stored sample likewise, in a DataLoader running ahead of the consumer."""
+    if samples is None:
         yield from plan
         return
     waiting: deque = deque()
@@ -200,7 +207,10 @@ def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, n
     for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory, start_method)):
         b = waiting.popleft()
         assert np.array_equal(fetched["sample_id"], b["sample_id"])  # DataLoader keeps the sampler's order
-        b["x"] = fetched["x"]
+XX
+            b = {"targets": b["targets"], **{f"t_{k}": v for k, v in b.items() if torch.is_tensor(v)}, **fetched}
+        else:
+            b["x"] = fetched["x"]
         yield b
 
 

@@ -12,17 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import save_model
-from .distill import check_store_for
+from .distill import check_store_for, check_uld_store
 from .distributed import Dist, device_for
 from .errors import ConfigError
 from .kinds import kind_for
 from .models import build_model, check_output
 from .objectives import CachedKD
-from .prepare import load_summary, open_samples
+from .prepare import load_summary, open_samples, student_vocab
 from .store import open_store
 from .stream import student_batches
 from .training import fit, per_rank, seed_everything, stage_checkpoint
 from .store.location import as_location, is_remote
+from .uld import CrossTokenizerKD
 from .views import check_views
 
 PARAMS = ("seed", "kind", "student", "student_train", "distill")  # what a student's result depends on (+ its store)
@@ -65,11 +66,16 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
     seed_everything(cfg.seed)
     store = open_store(store_path)
     m = store.manifest
-    kind = kind_for(m.kind, m.num_classes)
-    summary = load_summary(cfg) if not kind.inputs_in_store else None
+    cross = cross_tokenizer(cfg)
+    kind = kind_for(m.kind, student_vocab(cfg))
+    summary = load_summary(cfg) if not kind.inputs_in_store or cross else None
     check_store_for(store, cfg, summary, teacher_ckpt)
     views = check_views(cfg, store)
-    samples = open_samples(cfg, m.dataset.splits) if not kind.inputs_in_store else None
+    if cross:  # its own tokens of each stored sample, from the data; ULD aligned by character offsets
+        check_uld_store(store)
+        samples = open_samples(cfg, m.dataset.splits, side="aligned")
+    else:
+        samples = open_samples(cfg, m.dataset.splits) if not kind.inputs_in_store else None
     bs = per_rank(cfg.student_train.batch_size, dist, "student_train")
     if m.views is not None:  # batch_size counts rows (views), as the baseline's counts samples: the same rows per step
         if bs % m.views.count:
@@ -80,16 +86,26 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
         return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip, views=views)
 
     probe = next(batches(0))
-    student = build_model(cfg.student, m.num_classes, "student")
-    check_output(student, probe, kind, m.num_classes, "student")
-    module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
+    student = build_model(cfg.student, kind.num_classes, "student")
+    check_output(student, probe, kind, kind.num_classes, "student")
+    if cross:
+        module = CrossTokenizerKD(student.train(), kind, cfg.distill)
+    else:
+        module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
     d = cfg.model_dump(mode="json")
-    ckpt = stage_checkpoint(cfg, name, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world)
+    ckpt = stage_checkpoint(cfg, name, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world,
+                            *([d["sequence"]] if cross else []))  # a cross-tokenizer student's tokens come from there
     fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
     if dist.is_main:
         save_model(student.cpu(), out, {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
     ckpt.remove(dist)
     store.close()
+
+
+def cross_tokenizer(cfg) -> bool:
+    """A student with its own tokenizer (sequence.student_tokenizer): ULD from the store, its inputs from the
+    data's student tokens."""
+    return cfg.kind == "sequence" and cfg.sequence.student_tokenizer is not None
 
 
 def extra_students(cfg) -> dict[str, Path]:

@@ -11,7 +11,7 @@ from kd_pipeline.checkpoint import load_model, load_teacher
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.evaluation import model_facts, read_curve, split_metrics, write_report
 from kd_pipeline.models import build_model
-from kd_pipeline.prepare import SUMMARY, data_dir, open_samples, samples_per_batch
+from kd_pipeline.prepare import SUMMARY, data_dir, open_samples, samples_per_batch, student_vocab
 from kd_pipeline.store import open_store
 from kd_pipeline.store_eval import store_metrics
 from kd_pipeline.student import extra_students
@@ -37,24 +37,45 @@ def run(cfg: PipelineConfig, dist) -> None:
         models["teacher"] = (load_teacher(cfg)[0], cfg.out_dir / "teacher.safetensors")
     students = {n: cfg.out_dir / f"{n}.safetensors" for n in STUDENTS} | extra_students(cfg)  # + mutual peer, born-again generations
     for name, ckpt in students.items():
-        models[name] = (load_model(build_model(cfg.student, cfg.data.num_classes, "student"), ckpt, name), ckpt)
+        models[name] = (load_model(build_model(cfg.student, student_vocab(cfg), "student"), ckpt, name), ckpt)
     splits = [*([cfg.data.val_split] if cfg.data.val_split else []), cfg.data.test_split]
     samples = open_samples(cfg, splits)
     metrics = {"kind": cfg.kind, "test_split": cfg.data.test_split, "rows": {}, "models": {n: {} for n in models}}
-    for t, split in enumerate(splits):
-        ds = samples.datasets[t]
-        limit = len(ds) if cfg.kind == "classification" else max(1, int(np.searchsorted(np.cumsum(ds.lengths), cfg.sequence.eval_tokens, side="right")))
-        got = split_metrics({n: m for n, (m, _) in models.items()}, samples, t, limit, samples_per_batch(cfg, cfg.evaluate.batch_size), cfg.data.num_workers)
-        metrics["rows"][split] = next(iter(got.values()))["rows"]
-        for n, r in got.items():
-            metrics["models"][n][split] = r
-    one = samples.head(1, split=len(splits) - 1)["x"]
-    for n, (m, ckpt) in models.items():
-        metrics["models"][n].update(model_facts(m, ckpt, one, cfg.evaluate.latency_runs))
-    metrics.update(_from_store(cfg, {n: m for n, (m, _) in models.items() if n != "teacher"}, metrics))
+    # models that read the same tokens are evaluated together; a student with its own tokenizer reads its own
+    # windows of the same texts (compare them per character), and has no top-1 agreement with the teacher
+    cross = cfg.kind == "sequence" and cfg.sequence.student_tokenizer is not None
+    students = [n for n in models if n != "teacher"]
+    groups = [(list(models), samples)]
+    if cross:
+        groups = [(["teacher"] if "teacher" in models else [], samples), (students, open_samples(cfg, splits, side="student"))]
+    for g, (names, smp) in enumerate(groups):
+        if not names:
+            continue
+        for t, split in enumerate(splits):
+            ds = smp.datasets[t]
+            limit = _limit(cfg, samples.datasets[t])
+            if cross:  # whole documents, the same texts for both tokenizers: those the teacher's budget reaches
+                limit = int(np.searchsorted(ds.doc, int(samples.datasets[t].doc[limit - 1]) + 1, side="left"))
+            got = split_metrics({n: models[n][0] for n in names}, smp, t, limit, samples_per_batch(cfg, cfg.evaluate.batch_size), cfg.data.num_workers)
+            metrics["rows"].setdefault(split, next(iter(got.values()))["rows"])
+            for n, r in got.items():
+                metrics["models"][n][split] = {**r, "agreement_with_teacher": None} if g else r
+        one = smp.head(1, split=len(splits) - 1)["x"]
+        for n in names:
+            m, ckpt = models[n]
+            metrics["models"][n].update(model_facts(m, ckpt, one, cfg.evaluate.latency_runs))
+    # against the store's rows: its token rows are the teacher's, so only students of the same tokenizer
+    metrics.update(_from_store(cfg, {} if cross else {n: models[n][0] for n in students}, metrics))
     (cfg.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     curves = {f"train_{n}": read_curve(cfg.out_dir / "logs" / f"train_{n}.jsonl") for n in models}
     write_report(cfg.out_dir, metrics, curves)
+
+
+def _limit(cfg: PipelineConfig, ds) -> int:
+    """Samples evaluated: all (classification), or the first windows up to sequence.eval_tokens tokens."""
+    if cfg.kind == "classification":
+        return len(ds)
+    return max(1, int(np.searchsorted(np.cumsum(ds.lengths), cfg.sequence.eval_tokens, side="right")))
 
 
 def _from_store(cfg: PipelineConfig, students: dict, metrics: dict) -> dict:

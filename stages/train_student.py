@@ -3,7 +3,9 @@
 cached (default): from the store alone, never building or loading the teacher: k, temperatures and
 num_classes come from the store's manifest, targets from its arrays, streamed in shuffled whole blocks.
 Inputs come from the dataset by sample id (classification; augmented views replayed from their stored seeds)
-or from the store itself (sequence: no corpus, no tokenizer needed). With `distill.teachers`, the store is
+or from the store itself (sequence: no corpus, no tokenizer needed; a student with its own tokenizer,
+sequence.student_tokenizer, takes its tokens of each stored sample from the data and learns through the ULD
+loss, aligned by character offsets: kd_pipeline/uld.py). With `distill.teachers`, the store is
 their mixture, <out>/ensemble. online / mutual: the live teacher every step, or two students learning from
 each other (kd_pipeline/live.py).
 """
@@ -12,14 +14,14 @@ from kd_pipeline.config import PipelineConfig
 from kd_pipeline.live import peer_checkpoint, train_live
 from kd_pipeline.prepare import SUMMARY, data_dir, load_summary
 from kd_pipeline.store.location import as_location
-from kd_pipeline.student import PARAMS, build_ensemble, student_store, train_from_store
+from kd_pipeline.student import PARAMS, build_ensemble, cross_tokenizer, student_store, train_from_store
 
 NAME = "train_student"
 EVERY_RANK = True  # DistributedDataParallel under torchrun
 
 
 def deps(cfg: PipelineConfig):
-    data = [data_dir(cfg) / SUMMARY] if cfg.kind == "classification" else []
+    data = [data_dir(cfg) / SUMMARY] if cfg.kind == "classification" or cross_tokenizer(cfg) else []
     if cfg.distill.mode == "online":
         return data + [cfg.out_dir / "teacher.safetensors"]
     if cfg.distill.mode == "mutual":

@@ -35,6 +35,11 @@ def tiny_config(out: Path, **over) -> dict:
         "distill": {"alpha": 0.3, "temperature": 4.0},
         "evaluate": {"latency_runs": 5},
     }
+    return set_keys(cfg, over)
+
+
+def set_keys(cfg: dict, over: dict) -> dict:
+    """cfg with each dotted key of `over` set (missing sections created); returns cfg."""
     for key, value in over.items():
         node = cfg
         parts = key.split(".")

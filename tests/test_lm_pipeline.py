@@ -14,7 +14,7 @@ from kd_pipeline.config import load_config
 from kd_pipeline.lm.corpus import split_of, stdlib_files
 from kd_pipeline.runner import run_pipeline
 from kd_pipeline.store import open_store
-from tests.conftest import write_config
+from tests.conftest import set_keys, write_config
 
 CTX = 32
 
@@ -33,13 +33,7 @@ def lm_config(out, **over) -> dict:
         "distill": {"alpha": 0.5, "temperature": 1.0},
         "sequence": {"context": CTX, "recon_tokens": 500, "eval_tokens": 1000},
     }
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+    return set_keys(cfg, over)
 
 
 @pytest.fixture(scope="module")

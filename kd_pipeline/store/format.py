@@ -10,6 +10,8 @@ Layout of a store folder:
     samples.parquet           sample_id, split, row, num_rows, label (nullable); sorted by row
   sequence stores (kind "sequence", docs/store-format-sequence.md) add:
     tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
+    char_end/                 (R,) int32              char_offsets only: where tokens[r] ends in its sample's text
+    loss_mask/                (R,) uint8              loss_mask only: 1 = row r's prediction carries loss
     value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
     sample_counts/            (R, k) uint16           targets "sampled" only: draws of each stored id (0 = pad)
   classification stores with augmented views (manifest `views`, kd_pipeline/views.py) add:
@@ -35,7 +37,9 @@ ATTR = "kd_cache"
 SAMPLES = "samples.parquet"
 MARKERS = "_markers"
 CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
-ROW_ARRAYS = ("tokens", "value_scale", "sample_counts")  # arrays some stores add (array_specs)
+ROW_ARRAYS = ("tokens", "char_end", "loss_mask", "view_seed", "value_scale", "sample_counts")  # arrays some stores add (array_specs)
+# what a row's input is (its token, text offset, loss mask, augmented view's seed), not the teacher's targets
+INPUT_ARRAYS = ("tokens", "char_end", "loss_mask", "view_seed")
 MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
 MAX_CLASSES = 2**24
 MAX_ROW_BYTES = 2**26  # 64 MiB of targets + features per row
@@ -73,6 +77,8 @@ class TeacherInfo(_Open):
     factory: str
     kwargs: dict
     checkpoint_sha256: str
+    # the teacher head's width when it was padded past num_classes; its logits from num_classes on were cut
+    outputs: Optional[int] = Field(None, ge=2)
 
 
 class DatasetInfo(_Open):
@@ -128,6 +134,8 @@ class Manifest(_Open):
     sample_draws: Optional[int] = Field(None, ge=1)  # m ids drawn per row (targets "sampled")
     sample_temperature: Optional[float] = Field(None, gt=0)  # tau the ids were drawn at
     reconstruction_kl: Optional[ReconstructionKL] = None
+    char_offsets: bool = False  # sequence: `char_end` per row (cross-tokenizer alignment)
+    loss_mask: bool = False  # sequence: `loss_mask` per row (conversations: only assistant tokens carry loss)
     num_rows: int = Field(ge=0, le=MAX_ROWS)
     chunk_rows: int = Field(ge=1, le=2**24)
     # concatenated: splits one after another (stores before kd-pipeline 0.2); interleaved: the training splits
@@ -153,10 +161,10 @@ class Manifest(_Open):
         return d
 
     def target_bytes_per_row(self) -> int:
-        """Bytes of the stored targets per row (per token in a sequence store): every array but the input
-        tokens and the features."""
+        """Bytes of the stored targets per row (per token in a sequence store): every array but the inputs
+        (tokens, their offsets and loss mask) and the features."""
         return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-                   for name, (shape, dtype) in self.array_specs().items() if name not in ("tokens", "view_seed") and not name.startswith("features/"))
+                   for name, (shape, dtype) in self.array_specs().items() if name not in INPUT_ARRAYS and not name.startswith("features/"))
 
     def rows_per_sample(self, split: str) -> int | None:
         """Rows of every sample of `split`: 1 (classification), `views.count` (training splits of a store with
@@ -176,6 +184,10 @@ class Manifest(_Open):
         }
         if self.kind == "sequence":
             specs["tokens"] = ((R,), "int32")
+            if self.char_offsets:
+                specs["char_end"] = ((R,), "int32")
+            if self.loss_mask:
+                specs["loss_mask"] = ((R,), "uint8")
         if self.values_scheme == "q8":
             specs["value_scale"] = ((R,), "float16")
         if self.targets == "sampled":

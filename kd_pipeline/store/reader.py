@@ -126,6 +126,10 @@ class CacheStore:
             bad = np.flatnonzero((block["tokens"] < 0) | (block["tokens"] >= m.num_classes))
             if bad.size:
                 raise StoreError(f"{self.path}: tokens row {start + bad[0]}: token id outside [0, {m.num_classes})")
+        for name, ok in (("char_end", lambda a: a >= 0), ("loss_mask", lambda a: a <= 1)):
+            bad = np.flatnonzero(~ok(block[name])) if name in block else []
+            if len(bad):
+                raise StoreError(f"{self.path}: {name} row {start + bad[0]}: {'negative offset' if name == 'char_end' else 'not 0 or 1'}")
         if "sample_counts" in block:
             bad = np.flatnonzero(block["sample_counts"].astype(np.int64).sum(axis=1) != m.sample_draws)
             if bad.size:
