@@ -207,7 +207,7 @@ def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, n
     for fetched in batches_of(batch_loader(samples, keys(), num_workers, pin_memory, start_method)):
         b = waiting.popleft()
         assert np.array_equal(fetched["sample_id"], b["sample_id"])  # DataLoader keeps the sampler's order
-XX
+        if kind == "sequence":  # a student with its own tokens (cross-tokenizer): the store's are t_*
             b = {"targets": b["targets"], **{f"t_{k}": v for k, v in b.items() if torch.is_tensor(v)}, **fetched}
         else:
             b["x"] = fetched["x"]
