@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import save_model
+from .curves import validation_probe
 from .distill import check_store_for
 from .distributed import Dist, device_for
 from .errors import ConfigError
@@ -85,7 +86,9 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
     module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
     d = cfg.model_dump(mode="json")
     ckpt = stage_checkpoint(cfg, name, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world)
-    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
+    device = device_for(dist, cfg.student_train.device)
+    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device,
+        validation_probe(cfg, student, cfg.student_train, device) if dist.is_main else None)
     if dist.is_main:
         save_model(student.cpu(), out, {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
     ckpt.remove(dist)

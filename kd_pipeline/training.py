@@ -56,10 +56,12 @@ def per_rank(batch_size: int, dist: Dist, where: str) -> int:
 
 def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: TrainConfig, desc: str,
         log_path: Path | None = None, checkpoint: TrainCheckpoint | None = None, dist: Dist = Dist(),
-        device: torch.device = torch.device("cpu")) -> list[dict]:
+        device: torch.device = torch.device("cpu"), evaluate: Callable[[], dict] | None = None) -> list[dict]:
     """Runs cfg.steps Adam steps of `module` (a loss module) on batches(skip) (an iterator that starts after
     `skip` batches); returns, and rank 0 writes as JSON lines, the loss curve every cfg.log_every steps.
-    With `checkpoint`, resumes from its last save (resume.py) and rank 0 saves every `checkpoint.every` steps."""
+    With `checkpoint`, resumes from its last save (resume.py) and rank 0 saves every `checkpoint.every` steps.
+    evaluate: rank 0 calls it every cfg.eval_every steps (and at the last) -> {"step", "time_s", "eval": its
+    result} lines in the same curve (kd_pipeline/curves.py)."""
     module = module.to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -92,6 +94,8 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
                 means = _mean(acc, n_acc, dist)
                 curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), **means})
                 acc, n_acc = {}, 0
+            if evaluate is not None and dist.is_main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), "eval": evaluate()})
             if checkpoint is not None and checkpoint.due(step, cfg.steps):
                 checkpoint.save(step, params, opt, {"curve": curve, "acc": {k: float(v) for k, v in acc.items()}, "n_acc": n_acc}, dist)
                 pause_point(f"checkpoint:{desc}:{step}")
