@@ -1,17 +1,17 @@
 """Stage 6: teacher vs KD student vs hard-label student on the validation and test splits
--> <out>/metrics.json, <out>/report.md, <out>/report.png. Against the teacher's targets stored for the test split
-too (kd_pipeline/store_eval.py: teacher accuracy, each student's agreement and KL), which needs no teacher: a
+-> <out>/metrics.json, <out>/report.md, <out>/report.png (kd_pipeline/report.py). Against the teacher's targets
+stored for the test split too (kd_pipeline/store_eval.py: teacher accuracy, each student's agreement and KL), which needs no teacher: a
 pipeline without one, or whose teacher checkpoint is gone, still gets its report."""
 
 import json
 
-import numpy as np
-
 from kd_pipeline.checkpoint import load_model, load_teacher
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.evaluation import model_facts, read_curve, split_metrics, write_report
+from kd_pipeline.curves import eval_limit
+from kd_pipeline.evaluation import model_facts, split_metrics
 from kd_pipeline.models import build_model
 from kd_pipeline.prepare import SUMMARY, data_dir, open_samples, samples_per_batch
+from kd_pipeline.report import write_report
 from kd_pipeline.store import open_store
 from kd_pipeline.store_eval import store_metrics
 from kd_pipeline.student import extra_students
@@ -43,7 +43,7 @@ def run(cfg: PipelineConfig, dist) -> None:
     metrics = {"kind": cfg.kind, "test_split": cfg.data.test_split, "rows": {}, "models": {n: {} for n in models}}
     for t, split in enumerate(splits):
         ds = samples.datasets[t]
-        limit = len(ds) if cfg.kind == "classification" else max(1, int(np.searchsorted(np.cumsum(ds.lengths), cfg.sequence.eval_tokens, side="right")))
+        limit = len(ds) if cfg.kind == "classification" else eval_limit(cfg, ds, cfg.sequence.eval_tokens)
         got = split_metrics({n: m for n, (m, _) in models.items()}, samples, t, limit, samples_per_batch(cfg, cfg.evaluate.batch_size), cfg.data.num_workers)
         metrics["rows"][split] = next(iter(got.values()))["rows"]
         for n, r in got.items():
@@ -53,8 +53,7 @@ def run(cfg: PipelineConfig, dist) -> None:
         metrics["models"][n].update(model_facts(m, ckpt, one, cfg.evaluate.latency_runs))
     metrics.update(_from_store(cfg, {n: m for n, (m, _) in models.items() if n != "teacher"}, metrics))
     (cfg.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    curves = {f"train_{n}": read_curve(cfg.out_dir / "logs" / f"train_{n}.jsonl") for n in models}
-    write_report(cfg.out_dir, metrics, curves)
+    write_report(cfg, metrics)
 
 
 def _from_store(cfg: PipelineConfig, students: dict, metrics: dict) -> dict:
