@@ -78,7 +78,9 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
         bs //= m.views.count
 
     def batches(skip: int):
-        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip, views=views)
+        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip, views=views,
+                               features=[f.cached for f in (cfg.distill.feature, cfg.distill.relation) if f is not None],
+                               kl_tau=cfg.distill.temperature)
 
     probe = next(batches(0))
     student = build_model(cfg.student, m.num_classes, "student")
