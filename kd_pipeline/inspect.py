@@ -43,16 +43,16 @@ def teacher_stats(store: CacheStore) -> dict | None:
     }
 
 
-def teacher_probabilities(store: CacheStore, blocks) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Per block of `blocks`: the teacher's probabilities of the stored ids at temperatures[0], (n, k) float64
+def teacher_probabilities(store: CacheStore, blocks, t: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per block of `blocks`: the teacher's probabilities of the stored ids at temperatures[t], (n, k) float64
     (0 for a sampled store's padding), and the tail mass (n,), from the arrays the targets need alone."""
     m = store.manifest
-    tau = m.temperatures[0]
+    tau = m.temperatures[t]
     names = [n for n in ("topk_logits", "value_scale", "sample_counts", "lse") if n in store.arrays]
     for b in blocks:
         start, stop = store.block_rows(b)
         block = {n: store.arrays[n][start:stop] for n in names}
-        logp = decode_values(block, m.values_scheme).astype(np.float64) / tau - block["lse"][:, :1].astype(np.float64)
+        logp = decode_values(block, m.values_scheme).astype(np.float64) / tau - block["lse"][:, t : t + 1].astype(np.float64)
         p = np.exp(logp)  # (n, k)
         if "sample_counts" in block:
             p[block["sample_counts"] == 0] = 0.0  # padding copies of a drawn id, not ids of their own

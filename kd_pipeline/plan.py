@@ -108,7 +108,7 @@ def probe_teacher(cfg: PipelineConfig, store_rows: int, batches: int, trained: b
     device, dtype = device_for(Dist(), cfg.cache.device), getattr(torch, cfg.cache.teacher_dtype)
     teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
     bs = samples_per_batch(cfg, cfg.cache.batch_size)
-    span = layout.overlapping(0, min(layout.num_rows, (batches + 1) * bs * 4))  # whole samples; 4x: sequence windows
+    span = layout.overlapping(0, min(layout.num_rows, 2 * (batches + 1) * cfg.cache.batch_size))  # batch_size counts rows
     keys = [(span.split[a : a + bs], span.sample_id[a : a + bs]) for a in range(0, len(span), bs)][: batches + 1]
     timed = []  # (seconds, rows) per batch
     with torch.inference_mode(), capture(teacher, cfg.cache.features, "cache.features", "teacher") as out:

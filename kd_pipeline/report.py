@@ -87,22 +87,26 @@ def store_facts(cfg: PipelineConfig) -> dict | None:
         return None
     per_row = manifest_bytes_per_row(m)
     features = sum(int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize for f in m.features.values())
+    # at temperatures[0] (the teacher's own confidence) and at the student's temperature (what it distils from)
+    taus = [0] + [i for i, t in enumerate(m.temperatures) if i and abs(t - cfg.distill.temperature) <= 1e-6 * max(1.0, t)]
     store = open_store(cfg.cache_path)
     try:
         want = min(m.num_blocks, max(1, math.ceil(cfg.evaluate.confidence_rows / m.chunk_rows)))
         blocks = np.unique(np.linspace(0, m.num_blocks - 1, want).round().astype(int)).tolist()
-        counts, rows, total = np.zeros(BINS, np.int64), 0, 0.0
-        for p, _ in teacher_probabilities(store, blocks):
-            top = p.max(axis=1)
-            counts += np.histogram(top, bins=BINS, range=(0.0, 1.0))[0]
-            rows += len(top)
-            total += float(top.sum())
+        confidence = []
+        for t in taus:
+            counts, rows, total = np.zeros(BINS, np.int64), 0, 0.0
+            for p, _ in teacher_probabilities(store, blocks, t):
+                top = p.max(axis=1)
+                counts += np.histogram(top, bins=BINS, range=(0.0, 1.0))[0]
+                rows += len(top)
+                total += float(top.sum())
+            confidence.append({"counts": counts.tolist(), "rows": rows, "mean": total / max(rows, 1), "temperature": m.temperatures[t]})
     finally:
         store.close()
     return {"manifest": m, "path": str(cfg.cache_path), "bytes_per_row": per_row, "target_bytes_per_row": m.target_bytes_per_row(),
-            "feature_bytes_per_row": features, "bytes_on_disk": size_on_disk(cfg.cache_path),
-            "confidence": {"counts": counts.tolist(), "rows": rows, "mean": total / max(rows, 1), "temperature": m.temperatures[0],
-                           "of": "top-1 probability" if m.targets == "topk" else "largest probability among the drawn ids"}}
+            "feature_bytes_per_row": features, "bytes_on_disk": size_on_disk(cfg.cache_path), "confidence": confidence,
+            "confidence_of": "top-1 probability" if m.targets == "topk" else "largest probability among the drawn ids"}
 
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -167,14 +171,15 @@ def settings_lines(cfg: PipelineConfig, store: dict | None) -> list[str]:
 def store_section(store: dict | None) -> list[str]:
     if store is None:
         return ["## Store", "", "No complete store at this pipeline's cache.path.", ""]
-    m, c = store["manifest"], store["confidence"]
+    m, cs = store["manifest"], store["confidence"]
     unit = "token" if m.kind == "sequence" else "row"
+    conf = "; ".join(f"mean {c['mean']:.3f} at τ = {c['temperature']:g}" for c in cs)
     return ["## Store", "", f"`{store['path']}`: {m.num_rows:,} {unit}s × {store['bytes_per_row']:,} B/{unit} (targets "
             f"{store['target_bytes_per_row']} + features {store['feature_bytes_per_row']}"
             + (f" + other {store['bytes_per_row'] - store['target_bytes_per_row'] - store['feature_bytes_per_row']}"
                if store['bytes_per_row'] > store['target_bytes_per_row'] + store['feature_bytes_per_row'] else "")
             + f"), {human_bytes(store['bytes_on_disk'])} on disk ({store['bytes_on_disk']:,} B). "
-            f"Teacher confidence ({c['of']} at τ = {c['temperature']:g}) over {c['rows']:,} of its {unit}s: mean {c['mean']:.3f}.", ""]
+            f"Teacher confidence ({store['confidence_of']}) over {cs[0]['rows']:,} of its {unit}s: {conf}.", ""]
 
 
 def curve_notes(cfg: PipelineConfig, curves: dict) -> list[str]:
@@ -311,17 +316,21 @@ def _versus(ax, metrics, fact: str, xlabel: str, log: bool) -> None:
 
 
 def _confidence(ax, store) -> None:
+    ax.set_title("teacher confidence")
     if store is None:
         ax.text(0.5, 0.5, "no complete store", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("teacher confidence")
         return
-    c = store["confidence"]
+    from matplotlib.ticker import FuncFormatter
+
     edges = np.linspace(0, 1, BINS + 1)
-    share = 100 * np.asarray(c["counts"]) / max(c["rows"], 1)
-    ax.bar(edges[:-1], share, width=1 / BINS, align="edge", color=COLOURS["teacher"], edgecolor="white")
-    ax.axvline(c["mean"], color="black", ls="--", lw=1, label=f"mean {c['mean']:.3f}")
+    for i, (c, colour) in enumerate(zip(store["confidence"], ("tab:gray", "tab:purple"))):
+        share = 100 * np.asarray(c["counts"]) / max(c["rows"], 1)
+        label = f"τ = {c['temperature']:g}{', the KD temperature' if i else ''}: mean {c['mean']:.3f}"
+        ax.stairs(share, edges, fill=colour == "tab:gray", color=colour, alpha=0.6 if colour == "tab:gray" else 1.0, lw=2, label=label)
+    ax.set_yscale("log")  # a confident teacher puts nearly every row in the last bin: the rest would not show
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlim(0, 1)
-    ax.set_title(f"teacher confidence over {c['rows']:,} store rows")
-    ax.set_xlabel(f"{c['of']} at τ = {c['temperature']:g}")
-    ax.set_ylabel("% of rows")
+    ax.set_title(f"teacher confidence over {store['confidence'][0]['rows']:,} store rows")
+    ax.set_xlabel(store["confidence_of"] + " (bins of 0.05)")
+    ax.set_ylabel("% of rows (log scale)")
     ax.legend(loc="upper left")

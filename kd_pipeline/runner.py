@@ -137,7 +137,7 @@ def stale_reasons(cfg: PipelineConfig, stage: ModuleType) -> list[str]:
     if stamp.get("params") != now["params"]:
         old = stamp.get("values")
         why += changed_values(old, {k: v for k, v in cfg.model_dump(mode="json").items() if k in stage.PARAMS}) if isinstance(old, dict) \
-            else [f"its parameters changed ({', '.join(stage.PARAMS)}; the stamp, older than kd-pipeline 0.3, keeps only their hash)"]
+            else [f"its parameters changed ({', '.join(stage.PARAMS)}; the stamp predates recorded values: it keeps only their hash)"]
     if stamp.get("code") != now["code"]:
         old, new = stamp.get("code_files"), _code_files(cfg, stage.PARAMS)
         files = [f for f in new if isinstance(old, dict) and old.get(f) != new[f]] if isinstance(old, dict) else []

@@ -198,7 +198,8 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
     replays a store's augmented views (kd_pipeline.views.check_views): x and y then hold one row per view.
     features: the cached features the batches carry (None: all). kl_tau: the student's temperature, at which the
     teacher's side of the KL is computed once per block (losses.teacher_terms) and carried by the targets."""
-    window_inputs = samples if num_workers == 0 and samples is not None and in_memory(samples) else None
+    window_rows = window * store.manifest.chunk_rows
+    window_inputs = samples if num_workers == 0 and samples is not None and in_memory(samples, window_rows) else None
     stream = BlockStream(store, batch_size, window, seed, dist.rank, dist.world, features=features, inputs=window_inputs, kl_tau=kl_tau)
     plan = (_student_batch(r, u, store, stream.kl_tau) for r, u in stream)
     for _ in range(skip):
@@ -208,13 +209,20 @@ def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size:
         yield b if views is None else replay(b, views)
 
 
-def in_memory(samples: SplitSamples) -> bool:
-    """Whether every split is an array dataset held in memory (ArrayDataset, TensorDataset): a window's inputs
-    are then a copy of at most a window of what is in memory already, gathered without a DataLoader."""
+WINDOW_INPUT_BYTES = 64 << 20  # at most this many bytes of inputs per window gathered in the reader thread
+
+
+def in_memory(samples: SplitSamples, rows: int) -> bool:
+    """Whether every split is an array dataset held in memory (ArrayDataset, TensorDataset) whose inputs for
+    `rows` samples take at most WINDOW_INPUT_BYTES: they are then gathered per window without a DataLoader
+    (larger inputs, e.g. images, keep the DataLoader's per-batch fetch: a few windows are in flight at once)."""
     from .data.arrays import _arrays
 
     datasets = getattr(samples, "datasets", None)  # any other object with __getitems__ goes through a DataLoader
-    return datasets is not None and all(_arrays(d) is not None for d in datasets)
+    arrays = [_arrays(d) for d in datasets] if datasets is not None else [None]
+    if any(a is None for a in arrays):
+        return False
+    return all(rows * a[0][:1].numel() * a[0].element_size() <= WINDOW_INPUT_BYTES for a in arrays)
 
 
 def worker_start(store: CacheStore) -> str | None:

@@ -224,7 +224,8 @@ def heatmap(path: Path, s: dict) -> Path:
     ax.set_xlabel("τ (distill.temperature)")
     ax.set_ylabel("α (weight of CE on labels)")
     unit = "perplexity" if lower_better else "accuracy (%)"
-    ax.set_title(f"KD student {s['test_split']} {unit}\n{display_name('baseline')}: {b:.2f}; in brackets: cell − baseline")
+    ax.set_title(f"KD student {s['test_split']} {unit}\none student per cell, {s['student_train']['steps']:,} steps each\n"
+                 f"{display_name('baseline')}: {b:.2f}; in brackets: cell − baseline", fontsize=11)
     bar = fig.colorbar(im, ax=ax)
     bar.ax.axhline(b, color="black", lw=1.5)
     bar.set_label(f"{unit}; black line: baseline")

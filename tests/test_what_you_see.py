@@ -85,7 +85,7 @@ def test_report_says_which_settings_produced_the_results(tiny_run):
     assert "200 steps × batch 50" in md  # the teacher's
     assert "**KD gain:" in md and "| KD student | test |" in md and "| baseline (hard labels) | test |" in md
     assert "2,000 rows × 100 B/row (targets 20 + features 80)" in md and "on disk" in md
-    assert "Teacher confidence (top-1 probability at τ = 1) over 2,000 of its rows" in md
+    assert "Teacher confidence (top-1 probability) over 2,000 of its rows: mean 0." in md and "at τ = 1; mean 0." in md and "at τ = 4." in md
     assert "No validation curve: set `student_train.eval_every`" in md  # the tiny config has none
     assert (cfg.out_dir / "report.png").stat().st_size > 10_000
 
@@ -172,7 +172,7 @@ def test_plan_errors_and_old_stamps(tiny_run, tmp_path):
     del st["values"], st["code_files"]
     sp.write_text(json.dumps(st))
     why = stale_reasons(cfg, stage("train_student"))
-    assert why[0] == "its parameters changed (seed, kind, student, student_train, distill; the stamp, older than kd-pipeline 0.3, keeps only their hash)"
+    assert why[0] == "its parameters changed (seed, kind, student, student_train, distill; the stamp predates recorded values: it keeps only their hash)"
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -213,3 +213,28 @@ def test_sweep_trains_cells_in_workers_resumes_and_never_writes_the_store(tiny_r
 def test_sweep_refusals_are_one_line(tiny_run, args, message):
     r = runner.invoke(app, ["sweep", str(tiny_run), *args])
     assert r.exit_code == 2 and lines(r.output) == [message]
+
+
+# ------------------------------------------------------------------------------------------- sequence
+
+
+def test_a_sequence_pipeline_plans_in_tokens_and_reports_perplexity(tmp_path):
+    from tests.test_lm_pipeline import lm_config
+
+    d = lm_config(tmp_path / "run", **{"student_train.eval_every": 5})
+    d["evaluate"] = {"latency_runs": 5, "curve_rows": 300}
+    p = write_config(tmp_path / "lm.yaml", d)
+    plan = runner.invoke(app, ["plan", str(p), "--probe-batches", "1"])
+    assert plan.exit_code == 0, plan.output
+    assert "tokens × " in plan.output and "B/token" in plan.output and "tokens/s on cpu" in plan.output
+    r = runner.invoke(app, ["run", str(p)])
+    assert r.exit_code == 0, r.output
+    table = r.output[r.output.index("── kd run: "):]
+    for label in ("teacher", "KD student", "baseline (hard labels)"):
+        assert any(line.strip().startswith(label) and "test perplexity" in line for line in table.splitlines()), label
+    assert "perplexity " in summary_table(r.output)["KD"] and "lower is better" in table
+    log = [json.loads(x) for x in (tmp_path / "run" / "logs" / "train_student.jsonl").read_text().splitlines()]
+    evals = [x["eval"] for x in log if "eval" in x]
+    assert len(evals) == 2 and all(e["split"] == "val" and e["perplexity"] > 1 and 0 < e["rows"] <= 300 for e in evals)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "test perplexity" in md and "the first" in md and "`val` split" in md and "no validation split" not in md
