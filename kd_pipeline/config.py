@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from .components import check_kwargs, resolve
 from .errors import ConfigError
@@ -56,6 +56,18 @@ class TrainConfig(Strict):
     log_every: int = Field(100, ge=1)  # steps between loss-curve points in <out>/logs/<stage>.jsonl
     checkpoint_every: int = Field(500, ge=0)  # steps between resumable checkpoints in <out>/.kd/ckpt/ (0 = none)
     device: str = "auto"  # "auto" = this process's GPU when there is one, else cpu
+    # steps between validation points in <out>/logs/<stage>.jsonl (0 = none): accuracy, cross-entropy and
+    # perplexity of the model on the first evaluate.curve_rows rows of data.val_split (data.test_split when
+    # there is none), rank 0 only; the report's validation curves
+    eval_every: int = Field(0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # eval_every at 0 is left out of dumps: the stamps and checkpoints made before the key existed stay valid
+        d = handler(self)
+        if isinstance(d, dict) and d.get("eval_every") == 0:
+            d.pop("eval_every")
+        return d
 
 
 class ViewsConfig(Strict):
@@ -154,6 +166,9 @@ class DistillConfig(Strict):
 class EvaluateConfig(Strict):
     latency_runs: int = Field(200, ge=1)  # batch-1 forward passes timed per model
     batch_size: int = Field(1024, ge=1)
+    curve_rows: int = Field(2000, ge=1)  # rows (sequence: tokens) of each validation-curve point (*_train.eval_every)
+    # store rows read for the report's histogram of the teacher's confidence (whole blocks, evenly spaced)
+    confidence_rows: int = Field(1_000_000, ge=1)
 
 
 class StudentTokenizer(Strict):

@@ -5,7 +5,8 @@ cross-entropy (nats per row) and perplexity (exp of it), for a sequence with cha
 character of the labelled tokens' text and its exponential (comparable across tokenizers), and over all rows
 the top-1 agreement with the teacher when it is one of the models (None where the vocabularies differ).
 Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward. Against the teacher's stored
-targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's "from_store" and the report's last table.
+targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's "from_store" and the report's last table
+(kd_pipeline/report.py writes the report).
 """
 
 from __future__ import annotations
@@ -99,55 +100,6 @@ def read_curve(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) -> Path:
-    """report.md with one PNG: accuracy vs parameters on the test split, and training loss curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    test = metrics["test_split"]
-    names = list(metrics["models"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for n in names:
-        r = metrics["models"][n]
-        a1.scatter(r["parameters"], 100 * r[test]["accuracy"], s=60)
-        a1.annotate(n, (r["parameters"], 100 * r[test]["accuracy"]), textcoords="offset points", xytext=(6, 4))
-    a1.set_xscale("log")
-    a1.set_xlabel("parameters")
-    a1.set_ylabel(f"{test} accuracy (%)")
-    a1.set_title("accuracy vs size")
-    a1.grid(alpha=0.3)
-    for n, curve in curves.items():
-        if curve:
-            a2.plot([r["step"] for r in curve], [r["loss"] for r in curve], label=n)
-    a2.set_xlabel("step")
-    a2.set_ylabel("training loss")
-    a2.set_yscale("log")
-    a2.set_title("training curves")
-    a2.legend()
-    a2.grid(alpha=0.3)
-    fig.tight_layout()
-    png = out_dir / "report.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-
-    lines = ["# kd-pipeline report", "", f"Kind: {metrics['kind']}. Splits: " + ", ".join(f"{s} ({n:,} rows)" for s, n in metrics["rows"].items()) + ".", "",
-             "| model | split | accuracy | cross-entropy | perplexity | agreement with teacher | parameters | bytes on disk | CPU latency / sample (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for n in names:
-        r = metrics["models"][n]
-        for s in metrics["rows"]:
-            v = r[s]
-            agree = "-" if v.get("agreement_with_teacher") is None else f"{100 * v['agreement_with_teacher']:.1f}%"
-            lines.append(f"| {n} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.1f} | "
-                         f"{agree} | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
-    lines += ["", "![accuracy vs parameters and training curves](report.png)", ""] + store_lines(metrics.get("from_store"))
-    md = out_dir / "report.md"
-    md.write_text("\n".join(lines))
-    return md
-
-
 def store_lines(fs: dict | None) -> list[str]:
     """report.md's table of metrics against the teacher's stored targets (store_eval.py), if any."""
     if not fs:
@@ -157,8 +109,10 @@ def store_lines(fs: dict | None) -> list[str]:
              f"Teacher accuracy (stored top-1 vs label): {100 * fs['teacher']['accuracy']:.2f}%.", "",
              "| model | accuracy | top-1 agreement with the teacher | " + " | ".join(f"KL(teacher ‖ model) at τ={t} (nats)" for t in taus) + " |",
              "|---|---|---|" + "---|" * len(taus)]
+    from .summary import display_name
+
     for n, v in fs["models"].items():
-        lines.append(f"| {n} | {100 * v['accuracy']:.2f}% | {100 * v['agreement_with_teacher']:.2f}% | "
+        lines.append(f"| {display_name(n)} | {100 * v['accuracy']:.2f}% | {100 * v['agreement_with_teacher']:.2f}% | "
                      + " | ".join(f"{v['kl_to_teacher'][t]:.4f}" for t in taus) + " |")
     return lines + [""]
 

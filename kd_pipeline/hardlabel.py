@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .checkpoint import save_model, teacher_outputs
 from .config import Component, PipelineConfig, TrainConfig
+from .curves import validation_probe
 from .distributed import Dist, device_for
 from .models import build_model, check_output
 from .objectives import HardLabels
@@ -33,7 +34,8 @@ def train_hard_labels(cfg: PipelineConfig, component: Component, train: TrainCon
     resume = stage_checkpoint(cfg, name, train, {"model": model}, cfg.seed, d["kind"], d["data"], d["sequence"],
                               component.model_dump(mode="json"), dist.world)
     device = device_for(dist, train.device)
-    fit(HardLabels(model.train(), samples.kind), batches, train, name, cfg.out_dir / "logs" / f"{name}.jsonl", resume, dist, device)
+    fit(HardLabels(model.train(), samples.kind), batches, train, name, cfg.out_dir / "logs" / f"{name}.jsonl", resume, dist, device,
+        validation_probe(cfg, model, train, device) if dist.is_main else None)
     if dist.is_main:
         save_model(model.cpu(), ckpt, {"factory": component.factory, "kwargs": component.kwargs})
     resume.remove(dist)

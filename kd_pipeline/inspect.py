@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from rich.console import Console
@@ -28,16 +29,8 @@ def teacher_stats(store: CacheStore) -> dict | None:
     if not m.complete or m.num_rows == 0:
         return None
     tau = m.temperatures[0]
-    names = [n for n in ("topk_logits", "value_scale", "sample_counts", "lse") if n in store.arrays]
     entropy = confidence = 0.0
-    for b in range(m.num_blocks):
-        start, stop = store.block_rows(b)
-        block = {n: store.arrays[n][start:stop] for n in names}
-        logp = decode_values(block, m.values_scheme).astype(np.float64) / tau - block["lse"][:, :1].astype(np.float64)
-        p = np.exp(logp)  # (n, k)
-        if "sample_counts" in block:
-            p[block["sample_counts"] == 0] = 0.0  # padding copies of a drawn id, not ids of their own
-        tail = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+    for p, tail in teacher_probabilities(store, range(m.num_blocks)):
         entropy += float((-_xlogx(p).sum(axis=1) - _xlogx(tail)).sum())
         confidence += float(p.max(axis=1).sum())
     return {
@@ -48,6 +41,22 @@ def teacher_stats(store: CacheStore) -> dict | None:
         "mean_confidence": confidence / m.num_rows,
         "confidence_is": "top-1 probability" if m.targets == "topk" else "largest probability among the drawn ids: a lower bound",
     }
+
+
+def teacher_probabilities(store: CacheStore, blocks, t: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per block of `blocks`: the teacher's probabilities of the stored ids at temperatures[t], (n, k) float64
+    (0 for a sampled store's padding), and the tail mass (n,), from the arrays the targets need alone."""
+    m = store.manifest
+    tau = m.temperatures[t]
+    names = [n for n in ("topk_logits", "value_scale", "sample_counts", "lse") if n in store.arrays]
+    for b in blocks:
+        start, stop = store.block_rows(b)
+        block = {n: store.arrays[n][start:stop] for n in names}
+        logp = decode_values(block, m.values_scheme).astype(np.float64) / tau - block["lse"][:, t : t + 1].astype(np.float64)
+        p = np.exp(logp)  # (n, k)
+        if "sample_counts" in block:
+            p[block["sample_counts"] == 0] = 0.0  # padding copies of a drawn id, not ids of their own
+        yield p, np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
 
 
 def _xlogx(p: np.ndarray) -> np.ndarray:

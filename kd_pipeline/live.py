@@ -18,6 +18,7 @@ import torch
 
 from .cachepass import probe_features
 from .checkpoint import load_teacher, save_model
+from .curves import validation_probe
 from .distributed import Dist, device_for
 from .models import build_model, check_output
 from .objectives import MutualLearning, OnlineKD
@@ -59,7 +60,9 @@ def train_live(cfg, out: Path, name: str, dist: Dist = Dist()) -> None:
 
     d = cfg.model_dump(mode="json")
     ckpt = stage_checkpoint(cfg, name, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, summary["fingerprint"], sha, dist.world)
-    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
+    device = device_for(dist, cfg.student_train.device)
+    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device,
+        validation_probe(cfg, student, cfg.student_train, device) if dist.is_main else None)
     if dist.is_main:
         meta = {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "mode": cfg.distill.mode}
         save_model(student.cpu(), out, meta)

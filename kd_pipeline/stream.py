@@ -31,10 +31,12 @@ import torch
 from .data import SplitSamples, batch_loader, batches_of
 from .distributed import Dist
 from .kinds import pad_batch
+from .losses import teacher_terms, temperature_index
 from .store import CacheStore
 from .store.format import INPUT_ARRAYS
 from .store.ids import decode_ids
 from .store.location import is_remote
+from .store.values import decode_values
 from .targets import targets_from_arrays
 from .views import replay
 
@@ -45,8 +47,17 @@ class BlockStream:
     """The student's draw order over a store: windows of shuffled blocks -> batches of samples (numpy)."""
 
     def __init__(self, store: CacheStore, batch_size: int, window: int = 4, seed: int = 0, rank: int = 0,
-                 world: int = 1, check: bool = True, evaluation: bool = False, read_ahead: int | None = None):
+                 world: int = 1, check: bool = True, evaluation: bool = False, read_ahead: int | None = None,
+                 features: list[str] | None = None, inputs: SplitSamples | None = None, kl_tau: float | None = None):
+        """features: the feature arrays to read (None: all; the student reads those its loss uses). inputs:
+        in-memory samples (`in_memory`) whose inputs are gathered once per window in the reader thread, as
+        units["x"], instead of per batch through a DataLoader. kl_tau: the temperature of the student's KL, whose
+        teacher terms (losses.teacher_terms) are computed once per block of a top-k store."""
         self.store, self.batch_size, self.window, self.check = store, batch_size, window, check
+        self.inputs = inputs
+        self.kl_tau = kl_tau if store.manifest.targets == "topk" else None
+        # the arrays read (and checked): every one but the features nobody reads
+        self.names = [n for n in store.arrays if features is None or not n.startswith("features/") or n.split("/", 1)[1] in features]
         self.read_ahead = read_ahead or (4 if is_remote(store.path) else 2)  # windows read ahead, concurrently
         self.rank, self.world = rank, world
         m = store.manifest
@@ -72,16 +83,26 @@ class BlockStream:
         def hold(bb: int, a: dict[str, np.ndarray]) -> None:
             if self.check:
                 self.store.check_block(bb, a)
-            a["ids"] = decode_ids(a, self.store.manifest)  # once per block, here in the reader thread
-            del a["topk_indices"]
+            m = self.store.manifest
+            # decoded once per block, here in the reader thread: the batches only gather rows
+            a["ids"] = decode_ids(a, m).astype(np.int64, copy=False)
+            a["values"] = decode_values(a, m.values_scheme)
+            for k in ("topk_indices", "topk_logits", "value_scale"):
+                a.pop(k, None)
+            for k in [k for k in a if k.startswith("features/")]:
+                a[k] = a[k].astype(np.float32, copy=False)
+            if self.kl_tau is not None:
+                ti = temperature_index(tuple(m.temperatures), self.kl_tau)
+                kl = teacher_terms(torch.from_numpy(a["values"]), torch.from_numpy(a["lse"][:, ti : ti + 1]), self.kl_tau)
+                a["kl_p"], a["kl_plogp"] = (v.numpy() for v in kl)
             cache[bb] = a
 
         def block(bb: int) -> dict[str, np.ndarray]:
             if bb not in cache:
-                hold(bb, self.store.read_block(bb))
+                hold(bb, self.store.read_blocks([bb], self.names)[bb])
             return cache[bb]
 
-        for bb, arrays in self.store.read_blocks(list(blocks)).items():  # the window's chunks all in flight together
+        for bb, arrays in self.store.read_blocks(list(blocks), self.names).items():  # the window's chunks all in flight together
             hold(bb, arrays)
         rows, units, n = [], [], 0
         for b in blocks:
@@ -100,7 +121,10 @@ class BlockStream:
             n += r1 - r0
         if not rows:
             return {}, {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
-        return _cat(rows), _cat(units)
+        rows, units = _cat(rows), _cat(units)
+        if self.inputs is not None:  # the window's inputs in one gather per split, off the training thread
+            units["x"] = self.inputs.__getitems__((units["split"], units["sample_id"]))["x"].numpy()
+        return rows, units
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
         """Infinite: (rows, units) of `batch_size` samples; rows hold exactly the samples' rows, in order."""
@@ -142,14 +166,14 @@ def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
         return a
     n = len(next(iter(a[0].values())))  # rows of a
     rows = {k: np.concatenate([a[0][k], b[0][k]]) for k in b[0]}
-    units = {k: np.concatenate([a[1][k], b[1][k] + (n if k == "start" else 0)]) for k in UNIT_KEYS}
+    units = {k: np.concatenate([a[1][k], b[1][k] + (n if k == "start" else 0)]) for k in b[1]}
     return rows, units
 
 
-def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
+def _student_batch(rows: dict, units: dict, store: CacheStore, kl_tau: float | None = None) -> dict:
     """Targets (and, for a sequence, inputs and labels) of one planned batch."""
     m = store.manifest
-    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in INPUT_ARRAYS}, m),
+    batch = {"targets": targets_from_arrays({k: v for k, v in rows.items() if k not in INPUT_ARRAYS}, m, kl_tau),
              "split": units["split"], "sample_id": units["sample_id"]}
     if "view_seed" in rows:  # augmented views: the rows' seeds replay their inputs (kd_pipeline/views.py)
         batch["view_seed"], batch["num_rows"] = rows["view_seed"], units["num_rows"]
@@ -164,23 +188,47 @@ def _student_batch(rows: dict, units: dict, store: CacheStore) -> dict:
         batch.update(pad_batch(padded.pop("ids"), n, padded))
     else:
         batch["y"] = torch.from_numpy(units["label"].astype(np.int64))
+    if "x" in units:  # inputs gathered with the window (BlockStream `inputs`)
+        batch["x"] = torch.from_numpy(units["x"])
     return batch
 
 
 def student_batches(store: CacheStore, samples: SplitSamples | None, batch_size: int, window: int, seed: int,
                     dist: Dist = Dist(), num_workers: int = 0, skip: int = 0, pin_memory: bool = False,
-                    views=None) -> Iterator[dict]:
+                    views=None, features: list[str] | None = None, kl_tau: float | None = None) -> Iterator[dict]:
     """Endless training batches for the student: `targets` (Targets over the batch's rows, in row order), `x`,
     `y` (and `mask` for sequences). samples: the dataset the store's sample ids index (None for a sequence
     store, whose inputs are in it; for a student with its own tokenizer, its tokens of each stored sample, and
     the store's inputs come as t_x, t_mask, t_chars[, t_loss_mask]). batch_size: samples per batch on this rank.
     views: the transform that replays a store's augmented views (kd_pipeline.views.check_views): x and y then hold
-    one row per view."""
-    plan = (_student_batch(r, u, store) for r, u in BlockStream(store, batch_size, window, seed, dist.rank, dist.world))
+    one row per view. features: the cached features the batches carry (None: all). kl_tau: the student's
+    temperature, at which the teacher's side of the KL is computed once per block (losses.teacher_terms) and
+    carried by the targets."""
+    window_rows = window * store.manifest.chunk_rows
+    window_inputs = samples if num_workers == 0 and samples is not None and in_memory(samples, window_rows) else None
+    stream = BlockStream(store, batch_size, window, seed, dist.rank, dist.world, features=features, inputs=window_inputs, kl_tau=kl_tau)
+    plan = (_student_batch(r, u, store, stream.kl_tau) for r, u in stream)
     for _ in range(skip):
         next(plan)
-    for b in with_inputs(plan, samples, store.manifest.kind, num_workers, pin_memory, worker_start(store)):
+    fetch = None if window_inputs is not None else samples
+    for b in with_inputs(plan, fetch, store.manifest.kind, num_workers, pin_memory, worker_start(store)):
         yield b if views is None else replay(b, views)
+
+
+WINDOW_INPUT_BYTES = 64 << 20  # at most this many bytes of inputs per window gathered in the reader thread
+
+
+def in_memory(samples: SplitSamples, rows: int) -> bool:
+    """Whether every split is an array dataset held in memory (ArrayDataset, TensorDataset) whose inputs for
+    `rows` samples take at most WINDOW_INPUT_BYTES: they are then gathered per window without a DataLoader
+    (larger inputs, e.g. images, keep the DataLoader's per-batch fetch: a few windows are in flight at once)."""
+    from .data.arrays import _arrays
+
+    datasets = getattr(samples, "datasets", None)  # any other object with __getitems__ goes through a DataLoader
+    arrays = [_arrays(d) for d in datasets] if datasets is not None else [None]
+    if any(a is None for a in arrays):
+        return False
+    return all(rows * a[0][:1].numel() * a[0].element_size() <= WINDOW_INPUT_BYTES for a in arrays)
 
 
 def worker_start(store: CacheStore) -> str | None:
@@ -191,9 +239,10 @@ def worker_start(store: CacheStore) -> str | None:
 
 def with_inputs(plan: Iterator[dict], samples: SplitSamples | None, kind: str, num_workers: int = 0, pin_memory: bool = False,
                 start_method: str | None = None) -> Iterator[dict]:
-    """Batches planned from a store, with their inputs: a sequence store's are in it already (samples None); a
-    classification batch's `x` is fetched from the dataset by (split, sample id), and a cross-tokenizer student's
-    own tokens of each stored sample likewise, in a DataLoader running ahead of the consumer."""
+    """Batches planned from a store, with their inputs: a sequence store's are in it already and small in-memory
+    inputs are gathered with the window (samples None then); a classification batch's `x` is fetched from the
+    dataset by (split, sample id), and a cross-tokenizer student's own tokens of each stored sample likewise, in a
+    DataLoader running ahead of the consumer."""
     if samples is None:
         yield from plan
         return

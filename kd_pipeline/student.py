@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import save_model
+from .curves import validation_probe
 from .distill import check_store_for, check_uld_store
 from .distributed import Dist, device_for
 from .errors import ConfigError
@@ -83,7 +84,9 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
         bs //= m.views.count
 
     def batches(skip: int):
-        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip, views=views)
+        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip, views=views,
+                               features=[f.cached for f in (cfg.distill.feature, cfg.distill.relation) if f is not None],
+                               kl_tau=cfg.distill.temperature)
 
     probe = next(batches(0))
     student = build_model(cfg.student, kind.num_classes, "student")
@@ -95,7 +98,9 @@ def train_from_store(cfg, store_path: Path, out: Path, name: str, dist: Dist = D
     d = cfg.model_dump(mode="json")
     ckpt = stage_checkpoint(cfg, name, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world,
                             *([d["sequence"]] if cross else []))  # a cross-tokenizer student's tokens come from there
-    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
+    device = device_for(dist, cfg.student_train.device)
+    fit(module, batches, cfg.student_train, name, cfg.out_dir / "logs" / f"{name}.jsonl", ckpt, dist, device,
+        validation_probe(cfg, student, cfg.student_train, device) if dist.is_main else None)
     if dist.is_main:
         save_model(student.cpu(), out, {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
     ckpt.remove(dist)

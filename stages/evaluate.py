@@ -1,17 +1,17 @@
 """Stage 6: teacher vs KD student vs hard-label student on the validation and test splits
--> <out>/metrics.json, <out>/report.md, <out>/report.png. Against the teacher's targets stored for the test split
-too (kd_pipeline/store_eval.py: teacher accuracy, each student's agreement and KL), which needs no teacher: a
+-> <out>/metrics.json, <out>/report.md, <out>/report.png (kd_pipeline/report.py). Against the teacher's targets
+stored for the test split too (kd_pipeline/store_eval.py: teacher accuracy, each student's agreement and KL), which needs no teacher: a
 pipeline without one, or whose teacher checkpoint is gone, still gets its report."""
 
 import json
 
-import numpy as np
-
 from kd_pipeline.checkpoint import load_model, load_teacher
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.evaluation import model_facts, read_curve, split_metrics, write_report
+from kd_pipeline.curves import eval_limit
+from kd_pipeline.evaluation import model_facts, split_metrics
 from kd_pipeline.models import build_model
 from kd_pipeline.prepare import SUMMARY, data_dir, open_samples, samples_per_batch, student_vocab
+from kd_pipeline.report import write_report
 from kd_pipeline.store import open_store
 from kd_pipeline.store_eval import store_metrics
 from kd_pipeline.student import extra_students
@@ -53,7 +53,7 @@ def run(cfg: PipelineConfig, dist) -> None:
             continue
         for t, split in enumerate(splits):
             ds = smp.datasets[t]
-            limit = _limit(cfg, samples.datasets[t])
+            limit = len(samples.datasets[t]) if cfg.kind == "classification" else eval_limit(cfg, samples.datasets[t], cfg.sequence.eval_tokens)
             if cross:  # whole documents, the same texts for both tokenizers: those the teacher's budget reaches
                 limit = int(np.searchsorted(ds.doc, int(samples.datasets[t].doc[limit - 1]) + 1, side="left"))
             got = split_metrics({n: models[n][0] for n in names}, smp, t, limit, samples_per_batch(cfg, cfg.evaluate.batch_size), cfg.data.num_workers)
@@ -67,15 +67,7 @@ def run(cfg: PipelineConfig, dist) -> None:
     # against the store's rows: its token rows are the teacher's, so only students of the same tokenizer
     metrics.update(_from_store(cfg, {} if cross else {n: models[n][0] for n in students}, metrics))
     (cfg.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    curves = {f"train_{n}": read_curve(cfg.out_dir / "logs" / f"train_{n}.jsonl") for n in models}
-    write_report(cfg.out_dir, metrics, curves)
-
-
-def _limit(cfg: PipelineConfig, ds) -> int:
-    """Samples evaluated: all (classification), or the first windows up to sequence.eval_tokens tokens."""
-    if cfg.kind == "classification":
-        return len(ds)
-    return max(1, int(np.searchsorted(np.cumsum(ds.lengths), cfg.sequence.eval_tokens, side="right")))
+    write_report(cfg, metrics)
 
 
 def _from_store(cfg: PipelineConfig, students: dict, metrics: dict) -> dict:

@@ -108,7 +108,8 @@ def test_flipped_byte_in_an_s3_chunk_is_refused(s3, s3_run, tmp_path):
     r = runner.invoke(app, ["verify", bad])
     assert r.exit_code == 2
     assert r.output.splitlines() == [f"problem: {bad}: array features/penultimate block 2 (rows 512..768): sha256 does not match its marker (corrupt chunk)"]
-    d = consumer_config(tmp_path / "run", bad, **{"student_train.steps": 40})  # 40 x 50 samples: every training block
+    # 40 x 50 samples: every training block; the loss reads the feature, so the student reads and checks it
+    d = consumer_config(tmp_path / "run", bad, **{"student_train.steps": 40, "distill.feature": {"cached": "penultimate", "student_module": "body"}})
     msg = one_error_line(runner.invoke(app, ["run", str(write_config(tmp_path / "c.yaml", d)), "--stage", "train_student"]))
     assert msg == f"{bad}: array features/penultimate block 2 (rows 512..768): bytes do not match the block's sha256 (corrupt chunk)"
 

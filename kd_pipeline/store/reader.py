@@ -67,10 +67,11 @@ class CacheStore:
         """All arrays' rows of block b; one chunk read per array, issued concurrently (~0.6 ms each)."""
         return self.read_blocks([b])[b]
 
-    def read_blocks(self, blocks: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    def read_blocks(self, blocks: list[int], names: list[str] | None = None) -> dict[int, dict[str, np.ndarray]]:
         """read_block for several blocks: every chunk read issued together on zarr's event loop (asyncio.gather;
-        on a remote store each is a request, so a window's blocks cost about one round trip, not 4 per block)."""
-        keys = [(b, name) for b in blocks for name in self.arrays]
+        on a remote store each is a request, so a window's blocks cost about one round trip, not 4 per block).
+        names: the arrays to read (None: all); check_block checks the sha256 of those read."""
+        keys = [(b, name) for b in blocks for name in (self.arrays if names is None else names)]
 
         async def one(b: int, name: str):
             if self._slots is None:
