@@ -5,6 +5,8 @@ pipeline without one, or whose teacher checkpoint is gone, still gets its report
 
 import json
 
+import numpy as np
+
 from kd_pipeline.checkpoint import load_model, load_teacher
 from kd_pipeline.config import PipelineConfig
 from kd_pipeline.curves import eval_limit
