@@ -38,7 +38,7 @@ def test_speed_benchmarks_smallest(tmp_path):
     s = student_step.run(tmp_path / "store", steps=3, rounds=1, sets=TINY, log=lambda s: None)
     assert _ratio_ok(s["cached/hard"]) and _ratio_ok(s["cached/online"])
     g = reading.run(tmp_path / "store", passes=0.2, rounds=1, sets=TINY, log=lambda s: None)
-    assert _ratio_ok(g["stream/memmap"])
+    assert _ratio_ok(g["stream/memmap"]) and _ratio_ok(g["batches/memmap_inputs"])
 
 
 def test_quality_benchmark_smallest(tmp_path):
