@@ -82,3 +82,22 @@ def test_lm_benchmarks_smallest(tmp_path, monkeypatch):
     assert all(r["compression_kl"] < 1e-3 for r in rows if r["values"] == "float16")
     quality = json.loads((out / "lm_quality.json").read_text())["results"]
     assert set(quality) == {"hard", "topk8", "topk32", "sampled32", "online"}
+
+
+def test_processes_benchmark_smallest(tmp_path):
+    """torchrun with 1 and 2 processes, one round: the stages' own timings are found and give rates."""
+    from bench import processes
+
+    r = processes.run(tmp_path, 1, steps=20, sets=TINY, log=lambda s: None,
+                      pass_variants={"tiny": []}, student_variants={"tiny": ([], 1.0)})
+    for part in ("pass", "student"):
+        assert _ratio_ok(r[part]["tiny"]["ratio"]) and len(r[part]["tiny"]["rates"][2]) == 1
+
+
+def test_memory_benchmark_smallest(tmp_path):
+    """Every stage in a child process over the lazy dataset at one small scale: a peak RSS per stage."""
+    from bench import memory
+
+    r = memory.run(tmp_path, [0.05], dim=64, steps=10, log=lambda s: None)
+    assert all(100 < r["scales"]["0.05"][s] < 4000 for s in memory.STAGES) and r["growth_mb"]["cache_teacher"] == 0
+    assert (tmp_path / "memory.json").is_file() and not (tmp_path / "x0.05").exists()
