@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from bench import quality, reading, student_step, teacher_pass
+from bench import pass_parts, quality, reading, student_step, teacher_pass
+from bench.common import config
 
 TINY = [
     "data.kwargs.num_samples=2000",  # train 400, transfer 1200, test 400: the conftest tiny data
@@ -39,6 +40,8 @@ def test_speed_benchmarks_smallest(tmp_path):
     assert _ratio_ok(s["cached/hard"]) and _ratio_ok(s["cached/online"])
     g = reading.run(tmp_path / "store", passes=0.2, rounds=1, sets=TINY, log=lambda s: None)
     assert _ratio_ok(g["stream/memmap"]) and _ratio_ok(g["batches/memmap_inputs"])
+    parts = pass_parts.measure(config(*TINY, f"out={tmp_path / 'parts'}"), 1, tmp_path / "parts")
+    assert parts["rows"] == 2000 and all(parts[k] > 0 for k in ("layout", "fetch", "forward", "targets", "write", "whole pass"))
 
 
 def test_quality_benchmark_smallest(tmp_path):
