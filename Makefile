@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,hf,onnx]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,hf,onnx,remote,images]'
 	touch $(STAMP)
 
 run: $(STAMP)

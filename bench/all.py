@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench import memory, processes, quality, reading, student_step, teacher_pass
+from bench import memory, processes, quality, reading, remote_reading, student_step, teacher_pass
 from bench.common import apply_threads, bench_args
 
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         ("2. student step", lambda: student_step.run(store, steps=1000, rounds=5, sets=a.sets)),
         ("2b. student step, 1024-wide MLP student", lambda: student_step.run(store, steps=200, rounds=5, sets=[*a.sets, *student_step.WIDE])),
         ("3. reading", lambda: reading.run(store, passes=4.0, rounds=5, sets=a.sets)),
+        ("3b. reading from S3 and HTTP", lambda: remote_reading.run(store, passes=2.0, rounds=5, sets=a.sets)),
     ]
     if not a.skip_quality:
         root = Path("bench/out") / ("quality-quick" if a.quick else "quality")

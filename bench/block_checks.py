@@ -1,9 +1,8 @@
 """What the per-block checks cost the student's reader, measured side by side in one run.
 
-Store: synthetic top-16 of 1000 classes (relative values, encoded by the teacher pass's own
-`teacher_rows` -> `encode_targets` -> `to_host`) + a 256-wide float16 feature (608 B/row, as
-shared/notes/storage.md), 100,000 rows in 4096-row blocks, on local disk, warm page cache. For each variant, every block is read
-once (3 passes, best kept): read only; read + content checks (ids, finite, sorted, lse); read + content
+Store: synthetic top-16 of 1000 classes + a 256-wide float16 feature (608 B/row, the synthetic layout of an
+earlier storage study), 100,000 rows in 4096-row blocks, on local disk, warm page cache. For each variant,
+every block is read once (3 passes, best kept): read only; read + content checks (ids, finite, sorted, lse); read + content
 checks + sha256 against the markers (what the student stage does); and `kd verify` of the whole store.
 Run: `python -m bench.block_checks` (about 30 s on 2 cores).
 """

@@ -118,8 +118,9 @@ def bench_args(doc: str) -> argparse.ArgumentParser:
 def apply_threads(args: argparse.Namespace) -> None:
     """On a shared, oversubscribed 2-core machine two intra-op threads spend most of each small op waiting
     for a descheduled peer (MLP step measured at 150 ms with 2 threads vs 11 ms with 1); both sides of
-    every ratio run with the same setting."""
+    every ratio run with the same setting. Also passed on as the config's `threads`, which run_pipeline applies."""
     torch.set_num_threads(args.threads)
+    args.sets.append(f"threads={args.threads}")
 
 
 def store_bench_args(doc: str) -> argparse.ArgumentParser:

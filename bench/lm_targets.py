@@ -3,7 +3,7 @@
 For k in {1, 8, 32, 128}: top-k vs sampled (m = k draws), float16 vs 8-bit (q8) values; mean per-token
 KL(teacher || reconstruction) at tau = 1 over held-out validation tokens, two ways (compression: stored ids +
 one tail bucket; full: tail spread over the ids not stored), for the teacher's logits as they are (x1) and
-sharpened x2.5 (closer to a real LLM's entropy, as in shared/notes/llm-targets.md). Bytes per token at
+sharpened x2.5 (closer to a real LLM's entropy, as in the peer study quoted in docs/benchmarks.md). Bytes per token at
 V = 8192 (int16 ids) and at V = 128,256 (int32 ids), ratio to full fp32 logits.
 Run: OMP_NUM_THREADS=2 python -m bench.lm_targets [tokens]   (teacher: bench/lm_pipeline.yaml)
 

@@ -1,3 +1,3 @@
 """kd-pipeline: offline knowledge distillation through a teacher-logit cache."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

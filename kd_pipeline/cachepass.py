@@ -35,8 +35,11 @@ from .store.writer import span_table
 from .targets import teacher_rows
 
 
-def _forward(teacher: nn.Module, batch: dict, kind, features: dict[str, str], device, dtype, out: dict) -> dict[str, torch.Tensor]:
-    """One batch through the teacher -> row logits (n, C) float32 and feature rows, on the device."""
+def _forward(teacher: nn.Module, batch: dict, kind, features: dict[str, str], device, dtype, out: dict, views=None) -> dict[str, torch.Tensor]:
+    """One batch through the teacher -> row logits (n, C) float32 and feature rows, on the device.
+    views: kd_pipeline.views.Views (the batch's samples become their augmented views' rows) or None."""
+    if views is not None:
+        batch = views.expand(batch)
     x = batch["x"].to(device, non_blocking=True)
     if x.is_floating_point():
         x = x.to(dtype)
@@ -46,14 +49,16 @@ def _forward(teacher: nn.Module, batch: dict, kind, features: dict[str, str], de
         rows[f"features/{name}"] = kind.rows(out[name], on_dev)
     for name, a in kind.row_arrays(batch).items():
         rows[name] = a.to(device)
+    if views is not None:
+        rows["view_seed"] = batch["view_seed"].to(device)
     return rows
 
 
-def probe_features(teacher: nn.Module, samples: SplitSamples, kind, features: dict[str, str], device, dtype) -> dict[str, list[int]]:
+def probe_features(teacher: nn.Module, samples: SplitSamples, kind, features: dict[str, str], device, dtype, views=None) -> dict[str, list[int]]:
     """Per-row shape of each cached feature, from a forward on the first sample of the first split."""
     batch = samples.head(1)
-    with torch.inference_mode(), capture(teacher, features, "cache.features") as out:
-        rows = _forward(teacher, batch, kind, features, device, dtype, out)
+    with torch.inference_mode(), capture(teacher, features, "cache.features", "teacher") as out:
+        rows = _forward(teacher, batch, kind, features, device, dtype, out, views)
     return {name: list(rows[f"features/{name}"].shape[1:]) for name in features}
 
 
@@ -81,8 +86,9 @@ def _host(block: dict[str, torch.Tensor], m: Manifest) -> Callable[[], dict[str,
 
 def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, samples: SplitSamples, kind,
                  features: dict[str, str], batch_size: int, device: torch.device, dtype: torch.dtype,
-                 num_workers: int = 0, seed: int = 0, shard: int = 0, num_shards: int = 1) -> int:
-    """Writes this shard's pending blocks (b % num_shards == shard); returns the rows written.
+                 num_workers: int = 0, seed: int = 0, shard: int = 0, num_shards: int = 1, views=None) -> int:
+    """Writes this shard's pending blocks (b % num_shards == shard); returns the rows written. views: the
+    store's augmented views (kd_pipeline/views.Views; `batch_size` then counts samples, not rows) or None.
     Raises DataError naming split and sample if the teacher's output for it is not finite."""
     m = writer.manifest
     teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -98,7 +104,7 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
     rows_written = 0
     inflight: list[Future] = []
     with ThreadPoolExecutor(max_workers=1) as pool, progress("cache_teacher: teacher pass", len(pending), enabled=shard == 0) as advance, \
-            torch.inference_mode(), capture(teacher, features, "cache.features") as out:
+            torch.inference_mode(), capture(teacher, features, "cache.features", "teacher") as out:
         for b in pending:
             start, stop = writer.block_rows(b)
             s = layout.overlapping(start, stop)
@@ -106,7 +112,7 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)  # a resumed block draws the same
             for _ in range(0, len(s), batch_size):
                 batch = next(batches)
-                rows = _forward(teacher, batch, kind, features, device, dtype, out)
+                rows = _forward(teacher, batch, kind, features, device, dtype, out, views)
                 logits = rows.pop("logits")  # (n, C): reduced to targets batch by batch, never kept for a block
                 t = teacher_rows(logits, m, gen)
                 # a NaN or +inf logit makes the row's max, so its lse, NaN; -inf (a masked class) is allowed
@@ -139,8 +145,10 @@ def _labels(labels: list, s: Span, start: int) -> np.ndarray | None:
     return torch.cat(labels).numpy()[s.row0 >= start]
 
 
-def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feature_shapes: dict[str, list[int]]) -> Manifest:
-    """The manifest of the store `cfg` describes, for the data summary of the prepare_data stage."""
+def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feature_shapes: dict[str, list[int]],
+                   views: dict | None = None) -> Manifest:
+    """The manifest of the store `cfg` describes, for the data summary of the prepare_data stage.
+    views: the view transform's record (kd_pipeline.views.transform_info) when cache.views is set."""
     from . import __version__
 
     c, V = cfg.cache, cfg.data.num_classes
@@ -167,7 +175,10 @@ def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feat
         num_rows=layout.num_rows,
         chunk_rows=c.chunk_rows,
         row_order="interleaved",
-        teacher={"factory": cfg.teacher.factory, "kwargs": dict(cfg.teacher.kwargs), "checkpoint_sha256": teacher_sha256},
+        teacher={"factory": cfg.teacher.factory, "kwargs": dict(cfg.teacher.kwargs), "checkpoint_sha256": teacher_sha256,
+                 "outputs": cfg.sequence.teacher_outputs if cfg.kind == "sequence" else None},
+        char_offsets=bool(summary.get("char_offsets")),
+        loss_mask=bool(summary.get("loss_mask")),
         dataset={
             "factory": cfg.data.factory,
             "kwargs": kwargs,
@@ -178,6 +189,7 @@ def build_manifest(cfg, summary: dict, layout: Layout, teacher_sha256: str, feat
             "eval_split": cfg.data.test_split,
         },
         features={n: {"shape": s, "dtype": feat_dtype, "module": c.features[n]} for n, s in feature_shapes.items()},
+        views=None if views is None else {"count": c.views.count, "transform": views, "seed": cfg.seed},
         complete=False,
         created_with=f"kd-pipeline {__version__}",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,11 +15,38 @@ from .errors import KDError
 
 
 def save_model(model: nn.Module, path: Path, meta: dict) -> None:
+    """Same weights and meta -> same bytes (so a store's teacher.checkpoint_sha256 is reproducible)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # save_model (not save_file) stores tied weights (an LM's embedding = its output head) once
-    st_save_model(model, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+    st_save_model(model, str(tmp), metadata={k: json.dumps(v, sort_keys=True) for k, v in meta.items()})
+    with open(tmp, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = canonical_header(f.read(n))
+        if len(header) == n:  # the usual case: same keys in another order, same length
+            f.seek(8)
+            f.write(header)
+        else:
+            rest = f.read()
+            f.seek(0)
+            f.write(len(header).to_bytes(8, "little") + header + rest)
+            f.truncate()
     os.replace(tmp, path)
+
+
+def canonical_header(header: bytes) -> bytes:
+    """A safetensors JSON header with its keys sorted, padded with spaces to a multiple of 8 bytes as the
+    format requires. safetensors writes the header from a hash map, so the key order (and the file's bytes)
+    changes from one process to the next; tensor offsets are relative to the data, so they stay valid."""
+    text = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """`safetensors.torch.save(...)` bytes with a canonical header (see canonical_header)."""
+    n = int.from_bytes(data[:8], "little")
+    header = canonical_header(data[8 : 8 + n])
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def load_model(model: nn.Module, path: Path, what: str) -> nn.Module:
@@ -56,9 +83,14 @@ def load_teacher(cfg) -> tuple[nn.Module, str]:
     builds it (e.g. a pretrained Hugging Face folder), frozen. -> (teacher, sha256 identifying its weights)."""
     from .models import build_model
 
-    teacher = build_model(cfg.teacher, cfg.data.num_classes, "teacher")
+    teacher = build_model(cfg.teacher, cfg.data.num_classes, "teacher", teacher_outputs(cfg))
     if cfg.teacher_train is None:
         return teacher.eval().requires_grad_(False), weights_sha256(teacher)
     path = cfg.out_dir / "teacher.safetensors"
     load_model(teacher, path, "teacher")
     return teacher.eval().requires_grad_(False), file_sha256(path)
+
+
+def teacher_outputs(cfg) -> int | None:
+    """The teacher's padded output width to cut (sequence.teacher_outputs), or None."""
+    return cfg.sequence.teacher_outputs if cfg.kind == "sequence" else None

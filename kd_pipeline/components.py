@@ -1,13 +1,16 @@
 """Components are plain data: `{factory: "module:function", kwargs: {...}}`.
 
 The factory is imported and its kwargs are bound against its signature when the config is loaded (so a typo
-fails before any stage runs); the object is built only when a stage needs it.
+fails before any stage runs); the object is built only when a stage needs it. The working directory is
+importable, as with `python -m`, pytest and uvicorn: `my_factories:net` finds ./my_factories.py.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable
 
 from .errors import ConfigError
@@ -18,6 +21,7 @@ def resolve(spec: str, where: str) -> Callable[..., Any]:
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise ConfigError(f"{where}: expected 'module:function', got {spec!r}")
     mod_name, attr = spec.split(":")
+    _cwd_importable()
     try:
         mod = importlib.import_module(mod_name)
     except Exception as e:  # ImportError, or the module itself failing to import
@@ -30,6 +34,14 @@ def resolve(spec: str, where: str) -> Callable[..., Any]:
     if not callable(fn):
         raise ConfigError(f"{where}: {spec!r} is not callable")
     return fn
+
+
+def _cwd_importable() -> None:
+    """Put the working directory first on sys.path, as `python -m` does; the `kd` script's own sys.path[0]
+    is its bin folder, so without this a factory module next to pipeline.yaml needed PYTHONPATH=."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict, where: str, injected: tuple[str, ...] = ()) -> None:

@@ -1,8 +1,12 @@
 """Evaluation, the same for both kinds: every model over a split's rows, streamed, -> metrics.json, report.
 
 Per model and split, over the rows with a label: accuracy (top-1 = label; next-token accuracy for a sequence),
-cross-entropy (nats per row) and perplexity (exp of it), and over all rows the top-1 agreement with the first
-model (the teacher). Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward.
+cross-entropy (nats per row) and perplexity (exp of it), for a sequence with character offsets also nats per
+character of the labelled tokens' text and its exponential (comparable across tokenizers), and over all rows
+the top-1 agreement with the teacher when it is one of the models (None where the vocabularies differ).
+Per model: parameters, checkpoint bytes, and CPU latency of a one-sample forward. Against the teacher's stored
+targets (no teacher needed): kd_pipeline/store_eval.py, in metrics.json's "from_store" and the report's last table
+(kd_pipeline/report.py writes the report).
 """
 
 from __future__ import annotations
@@ -43,14 +47,16 @@ def latency_per_sample_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float
 
 @torch.no_grad()
 def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: int, limit: int, batch_size: int,
-                  num_workers: int = 0, device: torch.device = torch.device("cpu")) -> dict[str, dict]:
-    """models: name -> model, the first the reference for agreement. The first `limit` samples of `split`.
+                  num_workers: int = 0, device: torch.device = torch.device("cpu"), reference: str = "teacher") -> dict[str, dict]:
+    """models: name -> model; models[reference], if there, is the reference for agreement (else agreement is
+    None). The first `limit` samples of `split`.
     -> name -> {accuracy, cross_entropy, perplexity, agreement_with_teacher, rows, labelled_rows}."""
+    models = dict(sorted(models.items(), key=lambda kv: kv[0] != reference))  # the reference first
     kind = samples.kind
     for m in models.values():
         m.eval().to(device)
     acc = {n: np.zeros(4) for n in models}  # correct, ce sum, agreeing rows, rows
-    labelled = 0
+    labelled, chars = 0, 0
     keys = sequential_keys([limit], [0], batch_size)
     keys = ((np.full(len(i), split, np.int64), i) for _, i in keys)
     for batch in batches_of(batch_loader(samples, keys, num_workers)):
@@ -58,21 +64,25 @@ def split_metrics(models: dict[str, nn.Module], samples: SplitSamples, split: in
         y = kind.row_labels(batch).to(device)
         lab = y >= 0
         labelled += int(lab.sum())
+        if "char_len" in batch:  # characters of the labelled tokens: per-character figures compare tokenizers
+            chars += int(batch["char_len"][batch["mask"]].sum())
         ref = None
         for name, m in models.items():
             rows = kind.rows(m(x), {**batch, "mask": batch.get("mask", torch.ones(0)).to(device)} if "mask" in batch else batch).float()
             top1 = rows.argmax(1)
-            ref = top1 if ref is None else ref
+            ref = top1 if ref is None and name == reference else ref
             a = acc[name]
             a[0] += int((top1[lab] == y[lab]).sum())
             a[1] += float(F.cross_entropy(rows[lab], y[lab], reduction="sum")) if lab.any() else 0.0
-            a[2] += int((top1 == ref).sum())
+            a[2] += int((top1 == ref).sum()) if ref is not None else 0
             a[3] += len(rows)
     out = {}
     for name, (correct, ce, agree, rows) in acc.items():
         ce_mean = ce / max(labelled, 1)
         out[name] = {"accuracy": correct / max(labelled, 1), "cross_entropy": ce_mean, "perplexity": math.exp(min(ce_mean, 700.0)),
-                     "agreement_with_teacher": agree / max(rows, 1), "rows": int(rows), "labelled_rows": labelled}
+                     "agreement_with_teacher": agree / max(rows, 1) if reference in models else None, "rows": int(rows), "labelled_rows": labelled}
+        if chars:  # nats per character of text, and its exponential: comparable across tokenizers
+            out[name].update(nats_per_char=ce / chars, char_perplexity=math.exp(min(ce / chars, 700.0)), chars=chars)
     return out
 
 
@@ -90,49 +100,19 @@ def read_curve(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) -> Path:
-    """report.md with one PNG: accuracy vs parameters on the test split, and training loss curves."""
-    import matplotlib
+def store_lines(fs: dict | None) -> list[str]:
+    """report.md's table of metrics against the teacher's stored targets (store_eval.py), if any."""
+    if not fs:
+        return []
+    taus = [f"{t:g}" for t in fs["temperatures"]]
+    lines = [f"## Against the teacher's stored targets ({fs['split']} split, {fs['rows']:,} rows, from the store alone)", "",
+             f"Teacher accuracy (stored top-1 vs label): {100 * fs['teacher']['accuracy']:.2f}%.", "",
+             "| model | accuracy | top-1 agreement with the teacher | " + " | ".join(f"KL(teacher ‖ model) at τ={t} (nats)" for t in taus) + " |",
+             "|---|---|---|" + "---|" * len(taus)]
+    from .summary import display_name
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    for n, v in fs["models"].items():
+        lines.append(f"| {display_name(n)} | {100 * v['accuracy']:.2f}% | {100 * v['agreement_with_teacher']:.2f}% | "
+                     + " | ".join(f"{v['kl_to_teacher'][t]:.4f}" for t in taus) + " |")
+    return lines + [""]
 
-    test = metrics["test_split"]
-    names = list(metrics["models"])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for n in names:
-        r = metrics["models"][n]
-        a1.scatter(r["parameters"], 100 * r[test]["accuracy"], s=60)
-        a1.annotate(n, (r["parameters"], 100 * r[test]["accuracy"]), textcoords="offset points", xytext=(6, 4))
-    a1.set_xscale("log")
-    a1.set_xlabel("parameters")
-    a1.set_ylabel(f"{test} accuracy (%)")
-    a1.set_title("accuracy vs size")
-    a1.grid(alpha=0.3)
-    for n, curve in curves.items():
-        if curve:
-            a2.plot([r["step"] for r in curve], [r["loss"] for r in curve], label=n)
-    a2.set_xlabel("step")
-    a2.set_ylabel("training loss")
-    a2.set_yscale("log")
-    a2.set_title("training curves")
-    a2.legend()
-    a2.grid(alpha=0.3)
-    fig.tight_layout()
-    png = out_dir / "report.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-
-    lines = ["# kd-pipeline report", "", f"Kind: {metrics['kind']}. Splits: " + ", ".join(f"{s} ({n:,} rows)" for s, n in metrics["rows"].items()) + ".", "",
-             "| model | split | accuracy | cross-entropy | perplexity | agreement with teacher | parameters | bytes on disk | CPU latency / sample (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for n in names:
-        r = metrics["models"][n]
-        for s in metrics["rows"]:
-            v = r[s]
-            lines.append(f"| {n} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.1f} | "
-                         f"{100 * v['agreement_with_teacher']:.1f}% | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
-    lines += ["", "![accuracy vs parameters and training curves](report.png)", ""]
-    md = out_dir / "report.md"
-    md.write_text("\n".join(lines))
-    return md

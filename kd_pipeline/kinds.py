@@ -6,7 +6,9 @@ metrics read rows, so they are written once for both kinds. What a kind says:
 
 - `collate(items, keys)`: dataset items -> a batch (`x`, and what `rows`/`row_labels` need);
 - `rows(out, batch)`: model output -> (n, C) rows; `row_labels(batch)`: (n,) labels;
-- `row_arrays(batch)`: per-row arrays the store keeps besides the targets (the input tokens of a sequence);
+- `row_arrays(batch)`: per-row arrays the store keeps besides the targets (a sequence's input tokens, their
+  character offsets and, for conversations, the loss mask);
+- `row_loss_mask(batch)`: (n,) rows that carry loss (both CE and KD), or None = all;
 - `sample_labels(batch)`: each sample's label for samples.parquet (None for sequences);
 - `inputs_in_store`: whether a student's inputs come from the store itself (sequence) or from the dataset
   by sample id (classification).
@@ -92,6 +94,9 @@ class Classification:
     def row_labels(self, batch: Batch) -> torch.Tensor:
         return batch["y"]
 
+    def row_loss_mask(self, batch: Batch) -> None:
+        return None  # every row carries loss
+
     def row_arrays(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
 
@@ -111,19 +116,23 @@ class Sequence:
         self.num_classes = num_classes
 
     def collate(self, items: list, keys=None) -> Batch:
-        """items: (L,) int token ids (L >= 1) -> x (B, T) int64 (0-padded), y (B, T) next token (-1 at each
-        window's last position and on padding), mask (B, T) real positions, lengths (B,). T = max L."""
-        seqs = [np.asarray(it, dtype=np.int64) for it in items]
+        """items: (L,) int token ids (L >= 1), or dicts {"ids", ["chars", "loss"]} (kd_pipeline/lm/tokenizer.py)
+        -> x (B, T) int64 (0-padded), y (B, T) next token (-1 at each window's last position, on padding and
+        where the loss mask is 0), mask (B, T) real positions, lengths (B,)[, chars, loss_mask]. T = max L."""
+        dicts = [it if isinstance(it, dict) else {"ids": it} for it in items]
+        seqs = [np.asarray(d["ids"], dtype=np.int64) for d in dicts]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         for i, s in enumerate(seqs):
             if s.ndim != 1 or len(s) == 0 or (len(s) and (s.min() < 0 or s.max() >= self.num_classes)):
                 where = _where(keys, i) if keys is not None else f"item {i}"
                 raise DataError(f"data: {where}: expected 1-D token ids in 0..{self.num_classes - 1}")
         B, T = len(seqs), int(lengths.max())
-        x = np.zeros((B, T), np.int64)
-        for i, s in enumerate(seqs):
-            x[i, : len(s)] = s
-        return pad_batch(x, lengths)
+        out = {k: np.zeros((B, T), np.int64) for k in ("ids", "chars", "loss") if k in dicts[0]}
+        for i, d in enumerate(dicts):
+            for k, a in out.items():
+                a[i, : len(seqs[i])] = d[k]
+        x = out.pop("ids")
+        return pad_batch(x, lengths, out)
 
     def rows(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         return out[batch["mask"].to(out.device)]
@@ -131,8 +140,18 @@ class Sequence:
     def row_labels(self, batch: Batch) -> torch.Tensor:
         return batch["y"][batch["mask"]]
 
+    def row_loss_mask(self, batch: Batch) -> torch.Tensor | None:
+        """(n,) bool: rows whose prediction carries loss (assistant tokens of a conversation), or None = all."""
+        return batch["loss_mask"][batch["mask"]] if "loss_mask" in batch else None
+
     def row_arrays(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"tokens": batch["x"][batch["mask"]].to(torch.int32)}
+        m = batch["mask"]
+        out = {"tokens": batch["x"][m].to(torch.int32)}
+        if "chars" in batch:
+            out["char_end"] = batch["chars"][m].to(torch.int32)
+        if "loss_mask" in batch:
+            out["loss_mask"] = batch["loss_mask"][m].to(torch.uint8)
+        return out
 
     def sample_labels(self, batch: Batch) -> None:
         return None  # a window's labels are its own next tokens, kept in the store's tokens
@@ -141,15 +160,29 @@ class Sequence:
         return batch["lengths"]
 
 
-def pad_batch(x: np.ndarray, lengths: np.ndarray) -> Batch:
-    """x (B, T) token ids right-padded with anything, lengths (B,) -> the sequence batch (see collate)."""
+def pad_batch(x: np.ndarray, lengths: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> Batch:
+    """x (B, T) token ids right-padded with anything, lengths (B,), extra: optional (B, T) "chars" (token end
+    offsets) and "loss" (loss mask) -> the sequence batch (see collate). With chars, `char_len` (B, T) is the
+    number of characters of each position's label token (0 without a label): per-character metrics."""
+    extra = extra or {}
     T = x.shape[1]
     pos = np.arange(T)[None, :]
     mask = pos < lengths[:, None]
     x = np.where(mask, x, 0).astype(np.int64)
     y = np.full(x.shape, -1, np.int64)
     y[:, :-1] = np.where(pos[:, 1:] < lengths[:, None], x[:, 1:], -1)
-    return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "mask": torch.from_numpy(mask), "lengths": torch.from_numpy(lengths)}
+    batch = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "lengths": torch.from_numpy(lengths)}
+    if "loss" in extra:
+        keep = (extra["loss"] > 0) & mask
+        y = np.where(keep, y, -1)
+        batch["loss_mask"] = torch.from_numpy(keep)
+    if "chars" in extra:
+        c = np.where(mask, extra["chars"], 0).astype(np.int64)
+        n = np.zeros_like(c)
+        n[:, :-1] = np.where(y[:, :-1] >= 0, c[:, 1:] - c[:, :-1], 0)
+        batch["chars"], batch["char_len"] = torch.from_numpy(c), torch.from_numpy(n)
+    batch["y"] = torch.from_numpy(y)
+    return batch
 
 
 KINDS = {"classification": Classification, "sequence": Sequence}

@@ -25,7 +25,7 @@ from .errors import ConfigError, StoreError
 from .losses import find_temperature
 from .mixture import as_relative, mixture_topk, teacher_probs
 from .store import CacheStore, CacheWriter, Manifest, open_store
-from .store.format import indices_dtype
+from .store.format import INPUT_ARRAYS, indices_dtype
 from .store.values import decode_values, encode_targets, to_host
 
 
@@ -88,12 +88,14 @@ def merge_rows(blocks: list[dict[str, np.ndarray]], stores: list[CacheStore], co
     rel, lse = as_relative(p, tau)
     t = {"values": torch.from_numpy(rel), "ids": torch.from_numpy(i.astype(np.int64)), "lse": torch.from_numpy(lse)}
     out = to_host(encode_targets(t, m), m)
-    if m.kind == "sequence":
+    for name in INPUT_ARRAYS:  # what a row's input is (tokens, text offsets, loss mask, augmented views' seeds)
+        if name not in m.array_specs():
+            continue
         for blk, s in zip(blocks[1:], stores[1:]):
-            if not np.array_equal(blk["tokens"], blocks[0]["tokens"]):
-                bad = start + int(np.flatnonzero(blk["tokens"] != blocks[0]["tokens"])[0])
-                raise StoreError(f"{s.path}: tokens row {bad} differs from {stores[0].path}'s; stores to merge must hold the same token rows")
-        out["tokens"] = blocks[0]["tokens"]
+            if not np.array_equal(blk[name], blocks[0][name]):
+                bad = start + int(np.flatnonzero(blk[name] != blocks[0][name])[0])
+                raise StoreError(f"{s.path}: {name} row {bad} differs from {stores[0].path}'s; stores to merge must hold the same input rows")
+        out[name] = blocks[0][name]
     return out
 
 
@@ -118,6 +120,8 @@ def merged_manifest(stores: list[CacheStore], weights: list[float], tau: float, 
         targets="topk",
         num_rows=m0.num_rows,
         chunk_rows=m0.chunk_rows,
+        char_offsets=m0.char_offsets,
+        loss_mask=m0.loss_mask,
         # not a model anyone can build: names the mixture; the sha256 identifies its teachers and weights
         teacher={
             "factory": "ensemble",
@@ -125,6 +129,7 @@ def merged_manifest(stores: list[CacheStore], weights: list[float], tau: float, 
             "checkpoint_sha256": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest(),
         },
         dataset=m0.dataset.model_dump(mode="json"),
+        views=m0.views.model_dump(mode="json") if m0.views is not None else None,
         complete=False,
         created_with=f"kd-pipeline {__version__}",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,7 +156,8 @@ def _check_same_data(stores: list[CacheStore]) -> None:
         if m.targets != "topk":
             raise StoreError(f"{s.path}: holds sampled targets (ids drawn from the teacher, not its top ids); kd merge mixes top-k stores only")
         for what, a, b in (("kind", m.kind, m0.kind), ("num_classes", m.num_classes, m0.num_classes),
-                           ("dataset fingerprint", m.dataset.fingerprint, m0.dataset.fingerprint), ("num_rows", m.num_rows, m0.num_rows)):
+                           ("dataset fingerprint", m.dataset.fingerprint, m0.dataset.fingerprint), ("num_rows", m.num_rows, m0.num_rows),
+                           ("views", m.views and m.views.model_dump(), m0.views and m0.views.model_dump())):
             if a != b:
                 raise StoreError(f"{s.path}: {what} {a} differs from {s0.path}'s {b}; kd merge mixes teachers of the same data")
 

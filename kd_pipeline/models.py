@@ -29,6 +29,19 @@ def conv1d_net(num_classes: int, channels: int = 32, length: int = 40) -> Classi
     return Classifier(nn.Sequential(*layers), nn.Linear(channels * l_out, num_classes))
 
 
+def conv2d_net(num_classes: int, channels: tuple[int, ...] = (16, 32), in_channels: int = 1, size: int = 28) -> Classifier:
+    """A small image CNN: per entry of `channels`, conv 3x3 (padding 1) + ReLU + 2x2 max-pool; then linear.
+    Input (B, in_channels, size, size) -> logits (B, num_classes); body output (B, channels[-1] * s * s),
+    s = size halved (floor) once per conv."""
+    layers: list[nn.Module] = []
+    c, s = in_channels, size
+    for ch in channels:
+        layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c, s = ch, s // 2
+    layers.append(nn.Flatten())
+    return Classifier(nn.Sequential(*layers), nn.Linear(c * s * s, num_classes))
+
+
 def mlp(num_classes: int, in_features: int = 40, hidden: tuple[int, ...] = (100, 100)) -> Classifier:
     """MLP in_features-hidden...-num_classes with ReLU; body output is the last hidden layer."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -39,19 +52,40 @@ def mlp(num_classes: int, in_features: int = 40, hidden: tuple[int, ...] = (100,
     return Classifier(nn.Sequential(*layers), nn.Linear(d, num_classes))
 
 
-def build_model(component, num_classes: int, where: str = "model") -> nn.Module:
+def build_model(component, num_classes: int, where: str = "model", outputs: int | None = None) -> nn.Module:
     """The model a component builds; `num_classes` is passed if the factory takes it. where: the config key
-    ("teacher", "student") that errors name. Raises ConfigError if the factory raises or returns no Module."""
+    ("teacher", "student") that errors name. outputs: the width of a padded output head (> num_classes; the
+    factory gets num_classes=outputs): a forward hook cuts the logits to the first num_classes, so everything
+    downstream (training, the teacher pass, evaluation) sees only the tokenizer's ids, and module paths (for
+    cache.features) stay as the factory named them. Raises ConfigError if the factory raises or returns no Module."""
     from .components import accepts, call_factory, resolve
     from .errors import ConfigError
 
     kwargs = dict(component.kwargs)
     if accepts(resolve(component.factory, f"{where}.factory"), "num_classes"):
-        kwargs["num_classes"] = num_classes
+        kwargs["num_classes"] = outputs or num_classes
     model = call_factory(component.factory, f"{where}.factory", **kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{where}.factory: {component.factory} returned {type(model).__name__}, not a torch.nn.Module")
+    if outputs is not None:
+        model.register_forward_hook(_CutLogits(num_classes, outputs, where))
     return model
+
+
+class _CutLogits:
+    """Forward hook: (..., outputs) logits -> (..., num_classes). A picklable class, not a lambda (DataLoader
+    workers and deepcopy)."""
+
+    def __init__(self, num_classes: int, outputs: int, where: str):
+        self.num_classes, self.outputs, self.where = num_classes, outputs, where
+
+    def __call__(self, module, args, out):
+        if not torch.is_tensor(out) or out.shape[-1] != self.outputs:
+            from .errors import ConfigError
+
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ConfigError(f"{self.where}: sequence.teacher_outputs is {self.outputs}, the model's output is {got}")
+        return out[..., : self.num_classes]
 
 
 @torch.no_grad()
@@ -73,5 +107,6 @@ def check_output(model: nn.Module, batch: dict, kind, num_classes: int, where: s
         raise ConfigError(f"{where}: the model returned {type(out).__name__}, expected a tensor of logits")
     rows = kind.rows(out, batch)
     if rows.dim() != 2 or rows.shape[1] != num_classes:
+        hint = f"; a padded head? set sequence.teacher_outputs: {rows.shape[-1]} to cut it" if where == "teacher" and rows.shape[-1] > num_classes else ""
         raise ConfigError(f"{where}: the model's output has shape {tuple(out.shape)}: {rows.shape[-1]} logits per row, "
-                          f"data.num_classes is {num_classes}")
+                          f"data.num_classes is {num_classes}{hint}")

@@ -65,19 +65,37 @@ def rkd_angle(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(b, device=s.device)
     a, c, e = idx[:, None, None], idx[None, :, None], idx[None, None, :]
     distinct = (a != c) & (c != e) & (a != e)  # [B, B, B], symmetric in its three axes
-    return F.smooth_l1_loss(_cosines(s)[distinct], _cosines(t)[distinct], beta=1.0)
+    # Degenerate triplets have the same cosine on both sides (0 if a vertex repeats, 1 if i == k): their Huber
+    # terms are 0, so a masked sum over the whole tensor is the mean over distinct ones without a gather.
+    per = F.smooth_l1_loss(_cosines(s), _cosines(t), beta=1.0, reduction="none")
+    return (per * distinct).sum() / distinct.sum()
+
+
+def _gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (G = xc xc^T [B, B], squared distances [B, B]) of the batch centred on its mean (distances and angles
+    do not change; centring keeps |x|^2 small against the distances, so the Gram identities below lose little
+    to cancellation). O(B^2 D): never the [B, B, D] difference tensor."""
+    xc = x - x.mean(dim=0, keepdim=True)
+    g = xc @ xc.T
+    sq = g.diagonal()
+    return g, (sq[:, None] + sq[None, :] - 2.0 * g).clamp_min(0.0)
 
 
 def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
-    """psi_D of every ordered pair i != j, [B(B-1)]. The diagonal is dropped *before* the norm: the norm's
-    gradient at 0 is undefined."""
+    """psi_D of every ordered pair i != j, [B(B-1)]. The diagonal is dropped *before* the square root, and a
+    zero distance is clamped (1e-24 under the root): the root's gradient at 0 is undefined."""
     b = x.shape[0]
     off = ~torch.eye(b, dtype=torch.bool, device=x.device)
-    d = (x[:, None, :] - x[None, :, :])[off].norm(dim=1)  # [B(B-1)]
+    d = _gram(x)[1][off].clamp_min(1e-24).sqrt()  # [B(B-1)]
     return d / d.mean().clamp_min(1e-12)  # mu: all points equal -> every psi_D is 0, not NaN
 
 
 def _cosines(x: torch.Tensor) -> torch.Tensor:
-    """cos[j, i, k] = <e_ij, e_kj>, the angle at vertex j, [B, B, B]."""
-    e = F.normalize(x[None, :, :] - x[:, None, :], p=2, dim=2)  # e[j, i] = (x_i - x_j) / ||x_i - x_j||
-    return torch.bmm(e, e.transpose(1, 2))
+    """cos[j, i, k] = <e_ij, e_kj>, the angle at vertex j, [B, B, B], from the Gram matrix in O(B^3):
+    <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_kj + G_jj, divided by both lengths. A zero-length edge
+    (identical samples) has e = 0, as F.normalize gives."""
+    g, d2 = _gram(x)
+    inv = 1.0 / d2.clamp_min(1e-24).sqrt().clamp_min(1e-12)  # [j, i] = 1 / ||x_i - x_j||
+    inv = torch.where(d2 > 0, inv, torch.zeros_like(inv))
+    dots = g[None, :, :] - g[:, :, None] - g[:, None, :] + g.diagonal()[:, None, None]
+    return dots * inv[:, :, None] * inv[:, None, :]

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load, save
 from torch import nn
 
+from .checkpoint import canonical_safetensors
 from .store.files import atomic_write
 
 
@@ -54,7 +55,7 @@ class TrainCheckpoint:
         t.update({f"rng.torch.{r}": g for r, g in enumerate(rngs)})
         meta = {"identity": self.ident, "step": str(step), "state": json.dumps(state)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, save(t, metadata=meta))
+        atomic_write(self.path, canonical_safetensors(save(t, metadata=meta)))  # same state -> same bytes
 
     def restore(self, params: list[torch.Tensor], opt: torch.optim.Optimizer, dist=None) -> tuple[int, dict] | None:
         """Loads a matching checkpoint into params/buffers/optimizer/RNG; -> (step, state) or None."""

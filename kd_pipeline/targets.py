@@ -25,6 +25,10 @@ class Targets:
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, ...]
     # sampled targets only: [B, k] how often each id was drawn (0 = padding) from softmax(z / temperatures[0])
     counts: torch.Tensor | None = None
+    # the teacher's side of the KL at kl_tau (losses.teacher_terms), when the stream computed it with the block:
+    kl_p: torch.Tensor | None = None  # [B, k + 1] probabilities of the stored ids, then the tail mass
+    kl_plogp: torch.Tensor | None = None  # [B] sum of p log p over those k + 1 buckets
+    kl_tau: float | None = None
 
     @property
     def k(self) -> int:
@@ -94,20 +98,23 @@ def teacher_rows(logits: torch.Tensor, m, generator: torch.Generator | None = No
     return {"values": v, "ids": i, "lse": lse}
 
 
-def targets_from_arrays(a: dict[str, np.ndarray], m) -> Targets:
+def targets_from_arrays(a: dict[str, np.ndarray], m, kl_tau: float | None = None) -> Targets:
     """A store block's (or some rows' of it) arrays -> Targets: values decoded to float32, ids int64, features
-    float32. m: the store's Manifest. Ids already decoded (the stream decodes once per block) come as "ids"."""
+    float32. m: the store's Manifest. Ids and values already decoded (the stream decodes them once per block)
+    come as "ids" and "values", and arrays already of their dtype are not copied; "kl_p" and "kl_plogp", the
+    teacher's terms of the KL at kl_tau (losses.teacher_terms), become the Targets' own."""
     from .store.ids import decode_ids
     from .store.values import decode_values
 
     return Targets(
-        values=torch.from_numpy(decode_values(a, m.values_scheme)),
-        indices=torch.from_numpy((a["ids"] if "ids" in a else decode_ids(a, m)).astype(np.int64)),
+        values=torch.from_numpy(a["values"] if "values" in a else decode_values(a, m.values_scheme)),
+        indices=torch.from_numpy((a["ids"] if "ids" in a else decode_ids(a, m)).astype(np.int64, copy=False)),
         lse=torch.from_numpy(np.ascontiguousarray(a["lse"], dtype=np.float32)),
         temperatures=tuple(m.temperatures),
         num_classes=m.num_classes,
-        features={k.split("/", 1)[1]: torch.from_numpy(v.astype(np.float32)) for k, v in a.items() if k.startswith("features/")},
-        counts=torch.from_numpy(a["sample_counts"].astype(np.int64)) if "sample_counts" in a else None,
+        features={k.split("/", 1)[1]: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in a.items() if k.startswith("features/")},
+        counts=torch.from_numpy(a["sample_counts"].astype(np.int64, copy=False)) if "sample_counts" in a else None,
+        **({"kl_p": torch.from_numpy(a["kl_p"]), "kl_plogp": torch.from_numpy(a["kl_plogp"]), "kl_tau": kl_tau} if "kl_p" in a else {}),
     )
 
 

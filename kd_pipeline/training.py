@@ -56,21 +56,25 @@ def per_rank(batch_size: int, dist: Dist, where: str) -> int:
 
 def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: TrainConfig, desc: str,
         log_path: Path | None = None, checkpoint: TrainCheckpoint | None = None, dist: Dist = Dist(),
-        device: torch.device = torch.device("cpu")) -> list[dict]:
+        device: torch.device = torch.device("cpu"), evaluate: Callable[[], dict] | None = None) -> list[dict]:
     """Runs cfg.steps Adam steps of `module` (a loss module) on batches(skip) (an iterator that starts after
     `skip` batches); returns, and rank 0 writes as JSON lines, the loss curve every cfg.log_every steps.
-    With `checkpoint`, resumes from its last save (resume.py) and rank 0 saves every `checkpoint.every` steps."""
+    With `checkpoint`, resumes from its last save (resume.py) and rank 0 saves every `checkpoint.every` steps.
+    evaluate: rank 0 calls it every cfg.eval_every steps (and at the last) -> {"step", "time_s", "eval": its
+    result} lines in the same curve (kd_pipeline/curves.py)."""
     module = module.to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     curve: list[dict] = []
-    acc: dict[str, torch.Tensor] = {}
+    keys: list[str] = []  # "loss" and the loss module's parts, summed in `total` (float64, on the device)
+    total: torch.Tensor | None = None
     n_acc, start = 0, 0
     got = checkpoint.restore(params, opt, dist) if checkpoint is not None else None
     if got is not None:
         start, st = got
         curve, n_acc = st["curve"], st["n_acc"]
-        acc = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in st["acc"].items()}
+        keys = list(st["acc"])
+        total = torch.tensor(list(st["acc"].values()), dtype=torch.float64, device=device) if keys else None
         if dist.is_main:
             print(f"{desc}: resumed from the checkpoint at step {start} ({checkpoint.path})", file=sys.stderr)
     step_fn = torch.nn.parallel.DistributedDataParallel(module) if dist.active else module
@@ -84,16 +88,18 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            for k, v in {"loss": loss, **parts}.items():
-                acc[k] = acc.get(k, 0.0) + v.detach().double()
+            got = torch.stack([loss.detach(), *parts.values()])  # parts are detached: three ops per step, however many
+            keys, total = (keys, total + got) if total is not None else (["loss", *parts], got.double())
             n_acc += 1
             advance(1, len(batch["x"]) * dist.world)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                means = _mean(acc, n_acc, dist)
+                means = _mean(keys, total, n_acc, dist)
                 curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), **means})
-                acc, n_acc = {}, 0
+                keys, total, n_acc = [], None, 0
+            if evaluate is not None and dist.is_main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), "eval": evaluate()})
             if checkpoint is not None and checkpoint.due(step, cfg.steps):
-                checkpoint.save(step, params, opt, {"curve": curve, "acc": {k: float(v) for k, v in acc.items()}, "n_acc": n_acc}, dist)
+                checkpoint.save(step, params, opt, {"curve": curve, "acc": dict(zip(keys, total.tolist() if total is not None else [])), "n_acc": n_acc}, dist)
                 pause_point(f"checkpoint:{desc}:{step}")
     if log_path is not None and dist.is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,16 +107,15 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
     return curve
 
 
-def _mean(acc: dict[str, torch.Tensor], n: int, dist: Dist) -> dict[str, float]:
+def _mean(keys: list[str], total: torch.Tensor, n: int, dist: Dist) -> dict[str, float]:
     """Each part's mean over the steps since the last log point, over all ranks (one sync per log point)."""
-    keys = sorted(acc)
-    v = torch.stack([acc[k] for k in keys]) / n
+    v = total / n
     if dist.active:
         import torch.distributed as td
 
         td.all_reduce(v)
         v /= dist.world
-    return dict(zip(keys, v.tolist()))
+    return dict(sorted(zip(keys, v.tolist())))
 
 
 def stage_checkpoint(cfg, name: str, train: TrainConfig, modules: dict[str, nn.Module], *inputs) -> TrainCheckpoint:

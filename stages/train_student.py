@@ -1,57 +1,42 @@
-"""Stage 4: train the student from the store -> <out>/student.safetensors.
+"""Stage 4: train the student -> <out>/student.safetensors, as `distill.mode` says (docs/distillation-types.md).
 
-Never builds or loads the teacher: k, temperatures and num_classes come from the store's manifest, targets
-from its arrays, streamed in shuffled whole blocks. Inputs come from the dataset by sample id
-(classification) or from the store itself (sequence: no corpus, no tokenizer needed).
+cached (default): from the store alone, never building or loading the teacher: k, temperatures and
+num_classes come from the store's manifest, targets from its arrays, streamed in shuffled whole blocks.
+Inputs come from the dataset by sample id (classification; augmented views replayed from their stored seeds)
+or from the store itself (sequence: no corpus, no tokenizer needed; a student with its own tokenizer,
+sequence.student_tokenizer, takes its tokens of each stored sample from the data and learns through the ULD
+loss, aligned by character offsets: kd_pipeline/uld.py). With `distill.teachers`, the store is
+their mixture, <out>/ensemble. online / mutual: the live teacher every step, or two students learning from
+each other (kd_pipeline/live.py).
 """
 
-from kd_pipeline.checkpoint import save_model
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.distill import check_store_for
-from kd_pipeline.distributed import device_for
-from kd_pipeline.kinds import kind_for
-from kd_pipeline.models import build_model, check_output
-from kd_pipeline.objectives import CachedKD
-from kd_pipeline.prepare import SUMMARY, data_dir, load_summary, open_samples
-from kd_pipeline.runner import path_digest
-from kd_pipeline.store import open_store
-from kd_pipeline.stream import student_batches
-from kd_pipeline.training import fit, per_rank, seed_everything, stage_checkpoint
+from kd_pipeline.live import peer_checkpoint, train_live
+from kd_pipeline.prepare import SUMMARY, data_dir, load_summary
+from kd_pipeline.store.location import as_location
+from kd_pipeline.student import PARAMS, build_ensemble, cross_tokenizer, student_store, train_from_store
 
 NAME = "train_student"
-PARAMS = ("seed", "kind", "student", "student_train", "distill")  # the data: through the summary (deps)
 EVERY_RANK = True  # DistributedDataParallel under torchrun
 
 
 def deps(cfg: PipelineConfig):
-    return [cfg.cache_path] + ([data_dir(cfg) / SUMMARY] if cfg.kind == "classification" else [])
+    data = [data_dir(cfg) / SUMMARY] if cfg.kind == "classification" or cross_tokenizer(cfg) else []
+    if cfg.distill.mode == "online":
+        return data + [cfg.out_dir / "teacher.safetensors"]
+    if cfg.distill.mode == "mutual":
+        return data
+    return ([as_location(t.path) for t in cfg.distill.teachers] or [cfg.cache_path]) + data
 
 
 def outs(cfg: PipelineConfig):
-    return [cfg.out_dir / "student.safetensors"]
+    return [cfg.out_dir / "student.safetensors"] + ([peer_checkpoint(cfg)] if cfg.distill.mode == "mutual" else [])
 
 
 def run(cfg: PipelineConfig, dist) -> None:
-    seed_everything(cfg.seed)
-    store = open_store(cfg.cache_path)
-    m = store.manifest
-    kind = kind_for(m.kind, m.num_classes)
-    summary = load_summary(cfg) if not kind.inputs_in_store else None
-    check_store_for(store, cfg, summary, cfg.out_dir / "teacher.safetensors")
-    samples = open_samples(cfg, m.dataset.splits) if not kind.inputs_in_store else None
-    bs = per_rank(cfg.student_train.batch_size, dist, "student_train")
-
-    def batches(skip: int):
-        return student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, dist, cfg.data.num_workers, skip)
-
-    probe = next(batches(0))
-    student = build_model(cfg.student, m.num_classes, "student")
-    check_output(student, probe, kind, m.num_classes, "student")
-    module = CachedKD(student.train(), kind, cfg.distill, m.features, probe)
-    d = cfg.model_dump(mode="json")
-    ckpt = stage_checkpoint(cfg, NAME, cfg.student_train, {"student": module}, {k: d[k] for k in PARAMS}, path_digest(store.path), dist.world)
-    fit(module, batches, cfg.student_train, NAME, cfg.out_dir / "logs" / f"{NAME}.jsonl", ckpt, dist, device_for(dist, cfg.student_train.device))
-    if dist.is_main:
-        save_model(student.cpu(), outs(cfg)[0], {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs, "store": str(store.path)})
-    ckpt.remove(dist)
-    store.close()
+    if cfg.distill.mode != "cached":
+        return train_live(cfg, outs(cfg)[0], NAME, dist)
+    if cfg.distill.teachers:
+        build_ensemble(cfg, load_summary(cfg) if cfg.kind == "classification" else None, dist)
+        return train_from_store(cfg, student_store(cfg), outs(cfg)[0], NAME, dist)
+    train_from_store(cfg, cfg.cache_path, outs(cfg)[0], NAME, dist, cfg.out_dir / "teacher.safetensors")

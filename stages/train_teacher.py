@@ -8,6 +8,7 @@ from kd_pipeline.prepare import SUMMARY, data_dir
 NAME = "train_teacher"
 PARAMS = ("seed", "kind", "data", "teacher", "teacher_train", "sequence")
 EVERY_RANK = True  # DistributedDataParallel under torchrun
+NEEDS_TEACHER = True
 
 
 def deps(cfg: PipelineConfig):

@@ -35,6 +35,11 @@ def tiny_config(out: Path, **over) -> dict:
         "distill": {"alpha": 0.3, "temperature": 4.0},
         "evaluate": {"latency_runs": 5},
     }
+    return set_keys(cfg, over)
+
+
+def set_keys(cfg: dict, over: dict) -> dict:
+    """cfg with each dotted key of `over` set (missing sections created); returns cfg."""
     for key, value in over.items():
         node = cfg
         parts = key.split(".")
@@ -77,3 +82,16 @@ def zygote():
     kill_leftovers()
     proc.stdin.close()
     proc.wait(timeout=60)
+
+
+def inputs_in_row_order(cfg, store):
+    """The dataset's inputs of every store row, in row order (the rows interleave splits: samples.parquet
+    says which sample each row is)."""
+    import numpy as np
+
+    from kd_pipeline.prepare import open_samples
+
+    t = store.samples.table().sort_by("row")
+    splits = store.manifest.dataset.splits
+    codes = np.array([splits.index(s) for s in t["split"].to_pylist()], dtype=np.int64)
+    return open_samples(cfg, splits).__getitems__((codes, t["sample_id"].to_numpy()))["x"]

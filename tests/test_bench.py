@@ -104,3 +104,12 @@ def test_memory_benchmark_smallest(tmp_path):
     r = memory.run(tmp_path, [0.05], dim=64, steps=10, log=lambda s: None)
     assert all(100 < r["scales"]["0.05"][s] < 4000 for s in memory.STAGES) and r["growth_mb"]["cache_teacher"] == 0
     assert (tmp_path / "memory.json").is_file() and not (tmp_path / "x0.05").exists()
+
+
+def test_threads_benchmark_smallest(tmp_path):
+    from bench import threads
+
+    res = threads.run(tmp_path / "run", steps=3, rounds=1, hogs=[0], sets=[*TINY, "teacher_train.steps=5"], log=lambda s: None)
+    secs = res["loads"][0]["seconds"]
+    assert set(secs) == {"threads 1", "torch default"} and all(len(v) == 1 and v[0] > 0 for v in secs.values())
+    assert _ratio_ok(res["loads"][0]["default/1"])

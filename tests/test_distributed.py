@@ -43,6 +43,21 @@ def torchrun(yaml_path: Path, *stages: str, env: dict | None = None, wait: bool 
     return r
 
 
+def kill_a_rank_at(yaml_path: Path, stage: str, point: str, tmp: Path) -> tuple[int, str]:
+    """torchrun the stage; the first rank to reach pause point `point` is killed with SIGKILL there.
+    -> torchrun's exit code and output once it has stopped the group."""
+    flag = tmp / "paused"
+    p = torchrun(yaml_path, stage, env={"KD_PAUSE_AT": point, "KD_PAUSE_FILE": str(flag)}, wait=False)
+    deadline = time.monotonic() + 300
+    while not flag.exists():
+        assert p.poll() is None, p.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(int(flag.read_text()), signal.SIGKILL)
+    out = p.communicate(timeout=120)[0]
+    return p.returncode, out
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """A tiny run whose store was written by one process (one torch thread, as each torchrun rank has)."""
@@ -73,17 +88,9 @@ def test_two_ranks_write_the_one_process_store_bit_for_bit(one_process):
 def test_a_rank_killed_mid_pass_is_completed_by_rerunning(one_process, tmp_path):
     d, _ = one_process
     y = _two(d, "cache-killed")
-    flag = tmp_path / "paused"
     # block 3 belongs to rank 1 (b % 2 == 1): rank 1 stops there with its chunks written, its marker not
-    p = torchrun(y, "cache_teacher", env={"KD_PAUSE_AT": "block_chunks:3", "KD_PAUSE_FILE": str(flag)}, wait=False)
-    deadline = time.monotonic() + 300
-    while not flag.exists():
-        assert p.poll() is None, p.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(int(flag.read_text()), signal.SIGKILL)
-    out = p.communicate(timeout=120)[0]
-    assert p.returncode != 0, out  # torchrun saw its worker die and stopped the group
+    code, out = kill_a_rank_at(y, "cache_teacher", "block_chunks:3", tmp_path)
+    assert code != 0, out  # torchrun saw its worker die and stopped the group
     store = d / "cache-killed"
     assert not zarr.open_group(str(store), mode="r").attrs["kd_cache"]["complete"]
     assert not (store / "_markers" / "block-00000003.json").exists()
@@ -98,15 +105,7 @@ def test_ddp_student_resumes_after_a_kill(one_process, tmp_path):
     torchrun(ref, "train_student")  # never stopped
     y = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run", **{"cache.path": str(d / "cache1"), "student_train.checkpoint_every": 10}))
     shutil.copytree(d / "run" / "data", tmp_path / "run" / "data")
-    flag = tmp_path / "paused"
-    p = torchrun(y, "train_student", env={"KD_PAUSE_AT": "checkpoint:train_student:20", "KD_PAUSE_FILE": str(flag)}, wait=False)
-    deadline = time.monotonic() + 300
-    while not flag.exists():
-        assert p.poll() is None, p.stdout.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(int(flag.read_text()), signal.SIGKILL)
-    p.communicate(timeout=120)
+    kill_a_rank_at(y, "train_student", "checkpoint:train_student:20", tmp_path)
     ckpt = tmp_path / "run" / ".kd" / "ckpt" / "train_student.safetensors"
     assert ckpt.is_file() and not (tmp_path / "run" / "student.safetensors").exists()
     assert {"rng.torch.0", "rng.torch.1"} <= set(load_file(str(ckpt)))  # both ranks' RNG states

@@ -14,7 +14,7 @@ from kd_pipeline.config import load_config
 from kd_pipeline.lm.corpus import split_of, stdlib_files
 from kd_pipeline.runner import run_pipeline
 from kd_pipeline.store import open_store
-from tests.conftest import write_config
+from tests.conftest import set_keys, write_config
 
 CTX = 32
 
@@ -33,13 +33,7 @@ def lm_config(out, **over) -> dict:
         "distill": {"alpha": 0.5, "temperature": 1.0},
         "sequence": {"context": CTX, "recon_tokens": 500, "eval_tokens": 1000},
     }
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+    return set_keys(cfg, over)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +63,13 @@ def test_lm_end_to_end(lm_run):
         assert metrics[name]["parameters"] > 0 and metrics[name]["bytes_on_disk"] > 0
     assert metrics["teacher"]["val"]["agreement_with_teacher"] == 1.0
     assert metrics["teacher"]["parameters"] > metrics["student"]["parameters"]
+    # against the teacher's stored test-split targets (store_eval.py): labels = next tokens within each window
+    fs = json.loads((out / "metrics.json").read_text())["from_store"]
+    assert fs["split"] == "test" and 500 < fs["labelled_rows"] < fs["rows"]  # a window's last token has no label
+    assert abs(fs["teacher"]["accuracy"] - metrics["teacher"]["test"]["accuracy"]) < 0.05  # same teacher, ~same tokens
+    for name in ("student", "baseline"):
+        v = fs["models"][name]
+        assert 0 <= v["agreement_with_teacher"] <= 1 and v["kl_to_teacher"][f"{cfg.cache.temperatures[0]:g}"] > 0
     store = open_store(cfg.cache_path)
     m = store.manifest
     assert m.kind == "sequence" and m.num_classes == 320 and m.values_scheme == "relative"

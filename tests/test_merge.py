@@ -23,7 +23,7 @@ from kd_pipeline.store import open_store
 from kd_pipeline.prepare import load_summary, open_samples
 from kd_pipeline.store.values import decode_values, encode_targets, to_host
 from kd_pipeline.stream import student_batches
-from tests.conftest import tiny_config, write_config
+from tests.conftest import inputs_in_row_order, tiny_config, write_config
 
 runner = CliRunner()
 TEACHERS = {
@@ -79,10 +79,8 @@ def test_full_k_merge_equals_the_teachers_dense_mixture(stores, tmp_path):
     # the live teachers over the store's rows, softmax at tau = 4, mixed 0.7 / 0.3
     cfg_a, cfg_b = stores["cfg_a"], stores["cfg_b"]
     store = open_store(tmp_path / "m")
-    t = store.samples.table().sort_by("row")  # the inputs in store row order
+    x = inputs_in_row_order(cfg_a, store)
     samples = open_samples(cfg_a, m.dataset.splits)
-    codes = np.array([m.dataset.splits.index(x) for x in t["split"].to_pylist()])
-    x = samples.__getitems__((codes, t["sample_id"].to_numpy()))["x"]
     with torch.no_grad():
         dense = (0.7 * torch.softmax(_teacher(cfg_a)(x) / 4.0, 1) + 0.3 * torch.softmax(_teacher(cfg_b)(x) / 4.0, 1)).double().numpy()
     p, ids = _probs(tmp_path / "m")

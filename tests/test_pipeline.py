@@ -50,18 +50,32 @@ def exploding_teacher(num_classes, channels=8):
 '''
 
 
-def test_student_stage_trains_without_the_teacher(tiny_run, tmp_path, monkeypatch):
+CACHED_TYPES = {  # every distillation type that reads stores (views: tests/test_views.py)
+    "response": ({}, "train_student", "student.safetensors"),
+    "feature": ({"distill.feature": {"cached": "penultimate", "student_module": "body"}}, "train_student", "student.safetensors"),
+    "relation": ({"distill.relation": {"cached": "penultimate", "student_module": "body"}}, "train_student", "student.safetensors"),
+    "multi-teacher": ({"distill.teachers": [{"path": "{run}/cache", "weight": 0.6}, {"path": "{run}/cache2", "weight": 0.4}]},
+                      "train_student", "student.safetensors"),
+    "born-again": ({"distill.generations": 1}, "born_again", "generations/g1/student.safetensors"),
+}
+
+
+@pytest.mark.parametrize("mode", list(CACHED_TYPES))
+def test_student_stage_trains_without_the_teacher(tiny_run, tmp_path, monkeypatch, mode):
+    over, stage, out = CACHED_TYPES[mode]
     src = load_config(tiny_run)
     run = tmp_path / "run"
     shutil.copytree(src.out_dir, run)
+    shutil.copytree(run / "cache", run / "cache2")  # a second store of the same data (multi-teacher)
     (run / "teacher.safetensors").unlink()
     (tmp_path / "no_teacher.py").write_text(RAISING)
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg_d = tiny_config(run, **{"teacher.factory": "no_teacher:exploding_teacher", "student_train.steps": 20})
+    over = json.loads(json.dumps(over).replace("{run}", str(run)))
+    cfg_d = tiny_config(run, **{"teacher.factory": "no_teacher:exploding_teacher", "student_train.steps": 20, **over})
     cfg = load_config(write_config(tmp_path / "p.yaml", cfg_d))
     (run / "student.safetensors").unlink()
-    assert run_pipeline(cfg, only=["train_student"]) == ["train_student"]
-    assert (run / "student.safetensors").is_file()
+    assert run_pipeline(cfg, only=[stage]) == [stage]
+    assert (run / out).is_file()
 
 
 def test_feature_distillation_trains(tiny_run, tmp_path):
@@ -79,7 +93,8 @@ def test_feature_distillation_trains(tiny_run, tmp_path):
     [
         (["data.kwargs.seed=8"], "store was made for other data"),
         (["data.num_classes=11"], "store has num_classes=10, data.num_classes is 11"),
-        (["distill.temperature=3.0"], r"distill.temperature: 3.0 is not one of the store's temperatures \[1.0, 4.0\]"),
+        # cache.temperatures has 3.0, so loading passes (a full run would rebuild the store); the stage alone refuses
+        (["distill.temperature=3.0", "cache.temperatures=[1.0, 3.0]"], r"distill.temperature: 3.0 is not one of the store's temperatures \[1.0, 4.0\]"),
     ],
 )
 def test_student_refuses_a_store_for_other_data(tiny_run, tmp_path, sets, match):

@@ -20,11 +20,11 @@ def test_each_pass_sees_every_row_once_in_full_batches(tmp_path):
     rows = np.concatenate([_rows(store, u) for _, u in got])
     assert sorted(rows.tolist()) == list(range(1000))
     r, u = next(it)
-    assert len(u["split"]) == 50 and set(r) >= {"topk_logits", "ids", "lse"}  # ids decoded once per block
+    assert len(u["split"]) == 50 and set(r) >= {"values", "ids", "lse"}  # ids and values decoded once per block
     # rows carry their own targets
     row = int(_rows(store, u)[0])
     direct = store.read_block(row // 64)
-    assert np.array_equal(r["topk_logits"][0], direct["topk_logits"][row % 64])
+    assert np.array_equal(r["values"][0], direct["topk_logits"][row % 64].astype(np.float32))
 
 
 def _rows(store, units):
@@ -68,3 +68,39 @@ def test_ranks_draw_disjoint_blocks(tiny_run):
         units = [next(it)[1] for _ in range(20)]
         keys.append({(s, i) for u in units for s, i in zip(u["split"].tolist(), u["sample_id"].tolist())})
     assert len(keys[0]) == len(keys[1]) == 500 and not keys[0] & keys[1]
+
+
+def test_the_students_fast_path_gives_the_same_batches(tiny_run):
+    """Inputs gathered per window (in-memory data, no DataLoader), unused features not read, and the KL's
+    teacher terms made per block: the same samples, inputs, targets and loss as the general path."""
+    from kd_pipeline.losses import sparse_kl
+    from kd_pipeline.targets import Targets
+
+    cfg = load_config(tiny_run)
+    store = open_store(cfg.cache_path)
+    samples = open_samples(cfg, store.manifest.dataset.splits)
+    fast = student_batches(store, samples, 50, 4, seed=3, features=[], kl_tau=4.0)
+    plain = student_batches(store, _NotInMemory(samples), 50, 4, seed=3)  # a DataLoader per batch, everything read
+    student = torch.nn.Linear(40, 10)
+    for _ in range(40):  # more than a pass
+        a, b = next(fast), next(plain)
+        assert np.array_equal(a["sample_id"], b["sample_id"]) and torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+        ta, tb = a["targets"], b["targets"]
+        assert ta.features == {} and set(tb.features) == {"penultimate"} and ta.kl_tau == 4.0 and tb.kl_p is None
+        assert torch.equal(ta.values, tb.values) and torch.equal(ta.indices, tb.indices) and torch.equal(ta.lse, tb.lse)
+        s = student(a["x"])
+        assert torch.allclose(sparse_kl(s, ta, 4.0), sparse_kl(s, tb, 4.0), atol=1e-6)
+        assert isinstance(ta, Targets)
+
+
+class _NotInMemory:
+    """The same samples behind an object the stream cannot gather from per window."""
+
+    def __init__(self, samples):
+        self.s = samples
+
+    def __len__(self):
+        return len(self.s)
+
+    def __getitems__(self, keys):
+        return self.s.__getitems__(keys)

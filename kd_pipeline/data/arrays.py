@@ -128,10 +128,14 @@ def _identity(batch):
     return batch
 
 
-def batch_loader(dataset: SplitSamples, batches: Iterable[Keys], num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader that fetches the batches `batches` yields (in that order), in `num_workers` processes."""
+def batch_loader(dataset: SplitSamples, batches: Iterable[Keys], num_workers: int, pin_memory: bool = False,
+                 start_method: str | None = None) -> DataLoader:
+    """A DataLoader that fetches the batches `batches` yields (in that order), in `num_workers` processes.
+    start_method: how workers start (None: the platform's default, fork on Linux; "forkserver" while this
+    process holds a remote store's client, which is not fork-safe: kd_pipeline/store/location.py)."""
     return DataLoader(dataset, batch_sampler=batches, collate_fn=_identity, num_workers=num_workers,
-                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
+                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None,
+                      multiprocessing_context=start_method if num_workers else None)
 
 
 def sequential_keys(sizes: list[int], splits: list[int], batch_size: int) -> Iterable[Keys]:

@@ -38,6 +38,18 @@ def _check_batch(name: str, batch: dict, ref: tuple | None) -> tuple:
     return ref if ref is not None else (name, *got)
 
 
+def _check_deterministic(name: str, ds, kind, batch: dict) -> None:
+    """The first batch read a second time must be the same bytes: a dataset that augments at random inside
+    __getitem__ gives each read another input, and a cached target would belong to none of them."""
+    again = SplitSamples([ds], [name], kind).__getitems__((np.zeros(len(batch["sample_id"]), np.int64), batch["sample_id"]))["x"]
+    differ = (again != batch["x"]).flatten(1).any(dim=1)
+    if differ.any():
+        j = int(batch["sample_id"][int(differ.nonzero()[0, 0])])
+        raise DataError(f"data: split {name!r} sample {j}: reading it twice gave two different inputs (random augmentation inside the "
+                        "dataset?). Cached targets belong to fixed inputs: keep the dataset deterministic and let the pipeline "
+                        "augment with cache.views, which stores each augmented view's target (docs/distillation-types.md)")
+
+
 def scan_splits(data_cfg, kind, store_splits: list[str], labelled_splits: list[str], batch_size: int = 1024) -> dict:
     """Checks `store_splits` (in that order) and then the rest of `labelled_splits` -> the data summary:
     {"splits": {name: {samples, input_shape, input_dtype, labelled}}, "store_splits", "fingerprint"}.
@@ -62,6 +74,8 @@ def scan_splits(data_cfg, kind, store_splits: list[str], labelled_splits: list[s
                 y = batch["y"].numpy().astype(np.int64)
                 labelled += int((y >= 0).sum())
                 x = np.ascontiguousarray(batch["x"].numpy())
+                if i == 0:
+                    _check_deterministic(name, ds, kind, batch)
                 if feed and i == 0:
                     total.update(f"{name}|{(n, *x.shape[1:])}|{x.dtype}|{(n,)}|int64|".encode())
                 if feed:

@@ -60,3 +60,50 @@ def stdlib_corpus(
     if not texts:
         raise DataError(f"data: split {split!r} has no files (stdlib at {root or sysconfig.get_paths()['stdlib']})")
     return texts
+
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text"}
+
+
+def hf_files(split: str, files: dict[str, str | list[str]], field: str = "text", format: str | None = None):
+    """A corpus from local files through Hugging Face `datasets`, streamed and offline (HF_DATASETS_OFFLINE=1).
+
+    files: split name -> a path or list of paths (globs allowed). format: `json` (JSON lines, or a JSON list),
+    `parquet` or `text` (each file one document); None = from the first file's extension (.jsonl/.json,
+    .parquet, .txt). field: the column holding each document: a string (a text) or a list of
+    {role, content} messages (a conversation, rendered with the tokenizer's chat template; only assistant
+    tokens carry loss). -> an iterable over the split's documents, read as it is iterated.
+    Raises DataError for an unknown split, missing files or a missing field."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only: never reach the Hub
+    if split not in files:
+        raise DataError(f"data.kwargs.files: no files for split {split!r} (splits: {list(files)})")
+    paths = [files[split]] if isinstance(files[split], str) else list(files[split])
+    if not paths:
+        raise DataError(f"data.kwargs.files.{split}: empty list")
+    fmt = format or FORMATS.get(Path(paths[0]).suffix)
+    if fmt not in ("json", "parquet", "text"):
+        raise DataError(f"data.kwargs.files.{split}: cannot tell the format of {paths[0]!r}; set data.kwargs.format (json, parquet, text)")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.factory: hf_files needs the datasets library: pip install -e '.[hf]'") from None
+    extra = {"sample_by": "document"} if fmt == "text" else {}
+    try:
+        ds = datasets.load_dataset(fmt, data_files={split: paths}, split=split, streaming=True, **extra)
+    except Exception as e:  # missing files, unreadable JSON: one line
+        raise DataError(f"data.kwargs.files.{split}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    key = "text" if fmt == "text" else field
+    return _Column(ds, key, split)
+
+
+class _Column:
+    """One column of a streamed dataset, iterable as many times as needed (each pass streams the files again)."""
+
+    def __init__(self, ds, key: str, split: str):
+        self.ds, self.key, self.split = ds, key, split
+
+    def __iter__(self):
+        for i, row in enumerate(self.ds):
+            if self.key not in row:
+                raise DataError(f"data: split {self.split!r} row {i}: no field {self.key!r} (fields: {list(row)}); set data.kwargs.field")
+            yield row[self.key]

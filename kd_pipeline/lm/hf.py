@@ -25,7 +25,9 @@ class CausalLM(nn.Module):
 
 
 def causal_lm(num_classes: int, path: str, dtype: str = "float32") -> CausalLM:
-    """num_classes (= data.num_classes) must equal the model's vocab_size: store ids are its logit columns."""
+    """num_classes (data.num_classes; sequence.teacher_outputs for a padded teacher head;
+    sequence.student_tokenizer.num_classes for a student with its own tokenizer) must equal the model's output
+    width: store ids are its logit columns."""
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -35,5 +37,6 @@ def causal_lm(num_classes: int, path: str, dtype: str = "float32") -> CausalLM:
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
     vocab = model.get_output_embeddings().weight.shape[0]
     if vocab != num_classes:
-        raise ConfigError(f"{path}: model has {vocab} output logits, data.num_classes is {num_classes}")
+        raise ConfigError(f"{path}: model has {vocab} output logits, data.num_classes is {num_classes} (a teacher with a padded "
+                          f"head: sequence.teacher_outputs: {vocab}; a student with its own tokenizer: sequence.student_tokenizer)")
     return CausalLM(model)

@@ -4,6 +4,9 @@ Every file the writer owns (markers, samples.parquet, the manifest in zarr.json)
 fsynced and renamed into place: a reader sees the old file or the new one, never half of one. zarr writes
 chunks the same way (`<chunk>.<uuid>.partial`, then rename); temp files a killed writer leaves are removed
 when the store is reopened for writing.
+
+On an object store (`FsPath`, location.py) a PUT of a whole object is what rename is locally: atomic, and
+durable once it returns; there is nothing to fsync and no temp file.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from ..crashpoints import pause_point
 from ..errors import StoreError
 from .format import ATTR, CORE_ARRAYS, MARKERS, ROW_ARRAYS, SAMPLES
+from .location import FsPath
 
 SAMPLES_MARKER = "samples.json"  # _markers/samples.json: sha256 of samples.parquet
 # Everything a store folder may hold; anything else means the folder is not ours to delete.
@@ -23,6 +27,8 @@ OWN_NAMES = {"zarr.json", SAMPLES, MARKERS, "features", *CORE_ARRAYS, *ROW_ARRAY
 
 
 def fsync_file(path: Path) -> None:
+    if isinstance(path, FsPath):
+        return  # a PUT that returned is durable
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -34,6 +40,11 @@ def fsync_file(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, pause: str | None = None) -> None:
+    if isinstance(path, FsPath):
+        if pause:
+            pause_point(pause)
+        path.write_bytes(data)  # one PUT of the whole object: atomic
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -73,14 +84,18 @@ def clear_for_create(path: Path) -> None:
     for p in path.iterdir():
         if p.name.startswith("_lock"):
             continue  # held by us
-        if p.is_dir() and not p.is_symlink():
+        if isinstance(p, FsPath):
+            p.rmtree()  # an object, or every object under a prefix
+        elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink()
 
 
 def remove_partials(path: Path) -> int:
-    """Temp files left by a killed writer: zarr's `*.partial` chunks, our `.*.tmp` files."""
+    """Temp files left by a killed writer: zarr's `*.partial` chunks, our `.*.tmp` files (none on an object store)."""
+    if isinstance(path, FsPath):
+        return 0
     n = 0
     for pattern in ("**/*.partial", "**/.*.tmp", ".*.tmp"):
         for p in path.glob(pattern):

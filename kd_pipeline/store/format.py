@@ -10,8 +10,12 @@ Layout of a store folder:
     samples.parquet           sample_id, split, row, num_rows, label (nullable); sorted by row
   sequence stores (kind "sequence", docs/store-format-sequence.md) add:
     tokens/                   (R,) int32              input token ids; row r predicts the token after tokens[r]
+    char_end/                 (R,) int32              char_offsets only: where tokens[r] ends in its sample's text
+    loss_mask/                (R,) uint8              loss_mask only: 1 = row r's prediction carries loss
     value_scale/              (R,) float16            values_scheme "q8" only: logit = -code * scale
     sample_counts/            (R, k) uint16           targets "sampled" only: draws of each stored id (0 = pad)
+  classification stores with augmented views (manifest `views`, kd_pipeline/views.py) add:
+    view_seed/                (R,) int64              the seed that replays row r's view (-1 = the input as is)
     _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
 Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
 [b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
@@ -33,7 +37,9 @@ ATTR = "kd_cache"
 SAMPLES = "samples.parquet"
 MARKERS = "_markers"
 CORE_ARRAYS = ("topk_logits", "topk_indices", "lse")
-ROW_ARRAYS = ("tokens", "value_scale", "sample_counts")  # arrays some stores add (array_specs)
+ROW_ARRAYS = ("tokens", "char_end", "loss_mask", "view_seed", "value_scale", "sample_counts")  # arrays some stores add (array_specs)
+# what a row's input is (its token, text offset, loss mask, augmented view's seed), not the teacher's targets
+INPUT_ARRAYS = ("tokens", "char_end", "loss_mask", "view_seed")
 MAX_ROWS = 2**40  # refuse absurd counts before allocating anything
 MAX_CLASSES = 2**24
 MAX_ROW_BYTES = 2**26  # 64 MiB of targets + features per row
@@ -71,6 +77,8 @@ class TeacherInfo(_Open):
     factory: str
     kwargs: dict
     checkpoint_sha256: str
+    # the teacher head's width when it was padded past num_classes; its logits from num_classes on were cut
+    outputs: Optional[int] = Field(None, ge=2)
 
 
 class DatasetInfo(_Open):
@@ -99,6 +107,14 @@ class ReconstructionKL(_Open):
     temperature: float
 
 
+class ViewsInfo(_Open):
+    """Augmented views (kd_pipeline/views.py): `count` rows per training sample, each with its `view_seed`."""
+
+    count: int = Field(ge=1, le=4096)
+    transform: dict  # name, version, factory, kwargs: what replays a row's view from its seed
+    seed: int  # the pipeline seed the view seeds were drawn from
+
+
 class Manifest(_Open):
     format: Literal["kd-cache"]
     version: int
@@ -118,6 +134,8 @@ class Manifest(_Open):
     sample_draws: Optional[int] = Field(None, ge=1)  # m ids drawn per row (targets "sampled")
     sample_temperature: Optional[float] = Field(None, gt=0)  # tau the ids were drawn at
     reconstruction_kl: Optional[ReconstructionKL] = None
+    char_offsets: bool = False  # sequence: `char_end` per row (cross-tokenizer alignment)
+    loss_mask: bool = False  # sequence: `loss_mask` per row (conversations: only assistant tokens carry loss)
     num_rows: int = Field(ge=0, le=MAX_ROWS)
     chunk_rows: int = Field(ge=1, le=2**24)
     # concatenated: splits one after another (stores before kd-pipeline 0.2); interleaved: the training splits
@@ -126,6 +144,7 @@ class Manifest(_Open):
     teacher: TeacherInfo
     dataset: DatasetInfo
     features: dict[str, FeatureInfo] = {}
+    views: Optional[ViewsInfo] = None  # classification only: augmented views, `count` rows per training sample
     complete: bool
     created_with: str
     created_at: Optional[str] = None
@@ -142,10 +161,17 @@ class Manifest(_Open):
         return d
 
     def target_bytes_per_row(self) -> int:
-        """Bytes of the stored targets per row (per token in a sequence store): every array but the input
-        tokens and the features."""
+        """Bytes of the stored targets per row (per token in a sequence store): every array but the inputs
+        (tokens, their offsets and loss mask) and the features."""
         return sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-                   for name, (shape, dtype) in self.array_specs().items() if name != "tokens" and not name.startswith("features/"))
+                   for name, (shape, dtype) in self.array_specs().items() if name not in INPUT_ARRAYS and not name.startswith("features/"))
+
+    def rows_per_sample(self, split: str) -> int | None:
+        """Rows of every sample of `split`: 1 (classification), `views.count` (training splits of a store with
+        views; its evaluation split keeps 1), None (sequence: varies)."""
+        if self.kind == "sequence":
+            return None
+        return self.views.count if self.views is not None and split != self.dataset.eval_split else 1
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """array path -> (shape, dtype) that the arrays must have."""
@@ -158,10 +184,16 @@ class Manifest(_Open):
         }
         if self.kind == "sequence":
             specs["tokens"] = ((R,), "int32")
+            if self.char_offsets:
+                specs["char_end"] = ((R,), "int32")
+            if self.loss_mask:
+                specs["loss_mask"] = ((R,), "uint8")
         if self.values_scheme == "q8":
             specs["value_scale"] = ((R,), "float16")
         if self.targets == "sampled":
             specs["sample_counts"] = ((R, k), "uint16")
+        if self.views is not None:
+            specs["view_seed"] = ((R,), "int64")
         for name, f in self.features.items():
             specs[f"features/{name}"] = ((R, *f.shape), f.dtype)
         return specs
@@ -219,7 +251,10 @@ def _check_sizes(m: Manifest, where: str) -> None:
     d = m.dataset
     if len(set(d.splits)) != len(d.splits) or set(d.splits) != set(d.split_sizes):
         raise StoreError(f"{where}: manifest.dataset.splits: {d.splits} must be distinct and match split_sizes {list(d.split_sizes)}")
-    total = sum(d.split_sizes.values())  # samples: one row each (classification), >= 1 row each (sequence)
+    if m.views is not None and (m.kind != "classification" or d.eval_split is None):
+        raise StoreError(f"{where}: manifest.views: only classification stores with an eval_split hold views")
+    # rows: a fixed count per sample (classification), >= 1 per sample (sequence)
+    total = sum(n * (m.rows_per_sample(s) or 1) for s, n in d.split_sizes.items())
     if any(not 0 <= n <= MAX_ROWS for n in d.split_sizes.values()) or (total != m.num_rows if m.kind == "classification" else total > m.num_rows):
         raise StoreError(f"{where}: manifest.dataset.split_sizes: {d.split_sizes} must add up to num_rows={m.num_rows}")
     row_bytes = 0

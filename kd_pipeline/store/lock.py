@@ -13,6 +13,12 @@ unsharded writer next to them is refused. Creating or replacing the store needs 
 Opening is serialised by `_lock.create` (`creating`): a writer holds it, waiting for its turn, only while it
 checks the manifest and creates the store if needed. Shards started at the same instant on a new store
 therefore take turns instead of refusing each other: the first creates it, the others find it and resume.
+
+Object stores (`FsPath`) have no flock. There the lock is an object, `_lock.json` (one writer) or
+`_lock.shard-<i>-of-<n>.json` (shard i), created with a conditional PUT (If-None-Match: *) that fails if the
+object exists, and deleted on release: one writer per store, or one per shard. Nothing releases it when its
+writer dies, so a lock object naming a dead process on this host is taken over, and one from another host is
+refused with the object's URL to delete once its writer is known to be gone (docs/integrity.md).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import StoreError
+from .location import FsPath, redact
 
 LOCK = "_lock.json"
 
@@ -75,6 +82,8 @@ class StoreLock:
 
     @classmethod
     def acquire(cls, store: str | Path, shard: int = 0, num_shards: int = 1) -> "StoreLock":
+        if isinstance(store, FsPath):
+            return ObjectLock.acquire(store, shard, num_shards)
         store = Path(store)
         try:
             store.mkdir(parents=True, exist_ok=True)
@@ -122,16 +131,9 @@ class StoreLock:
         )
 
     def _write_info(self, f) -> None:
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "shard": self.shard_label,
-            "command": " ".join(sys.argv)[:500],
-        }
         f.seek(0)
         f.truncate()
-        f.write(json.dumps(info))
+        f.write(json.dumps(_holder_info(self.shard_label)))
         f.flush()
 
     def make_exclusive(self, why: str) -> None:
@@ -162,6 +164,100 @@ class StoreLock:
         self.files = []
 
 
+def _holder_info(shard_label: str) -> dict:
+    """Who writes: told to people who are refused. The command line is redacted (no secrets in a store)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shard": shard_label,
+        "command": redact(" ".join(sys.argv))[:500],
+    }
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # exists (someone else's), or not a pid we can judge: assume alive
+    return True
+
+
+class ObjectLock:
+    """The writer lock of a store on an object store: a lock object created by a conditional PUT."""
+
+    def __init__(self, store: FsPath, shard: int, num_shards: int):
+        self.store, self.sharded = store, num_shards > 1
+        self.shard_label = f"{shard}/{num_shards}"
+        self.obj = store / (_shard_name(shard, num_shards) if self.sharded else LOCK)
+        self.taken_over: list[dict] = []
+        self.exclusive = False
+        self.held = False
+
+    @classmethod
+    def acquire(cls, store: FsPath, shard: int = 0, num_shards: int = 1) -> "ObjectLock":
+        store._writable()
+        lock = cls(store, shard, num_shards)
+        data = json.dumps(_holder_info(lock.shard_label)).encode()
+        for _ in range(2):
+            if lock.obj.create(data):
+                lock.held = True
+                break
+            info = _read_object(lock.obj)
+            if not info or info.get("pid") is None:  # empty: a released local lock file, copied with the store
+                lock.obj.unlink(missing_ok=True)
+                continue
+            if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+                lock.obj.unlink(missing_ok=True)  # its writer died on this host: take it over
+                lock.taken_over.append(info)
+                continue
+            raise StoreError(lock._refusal(info))
+        if not lock.held:
+            raise StoreError(lock._refusal(_read_object(lock.obj)))
+        others = [h for h in active_holders(store) if not lock._mine(h)]
+        clash = others if not lock.sharded else [h for h in others if h.get("shard") == "0/1"]  # shards beside an unsharded writer
+        if clash:
+            lock.release()
+            raise StoreError(lock._refusal(clash[0]))
+        lock.exclusive = not lock.sharded
+        return lock
+
+    def _mine(self, info: dict) -> bool:
+        return (info.get("pid"), info.get("host"), info.get("shard")) == (os.getpid(), socket.gethostname(), self.shard_label)
+
+    def _refusal(self, info: dict | None) -> str:
+        return (f"{self.store}: another writer holds the store lock ({_describe(info)}); wait for it to finish, or stop it. "
+                f"Object stores have no flock: if that writer is gone, delete {self.obj} and rerun")
+
+    def make_exclusive(self, why: str) -> None:
+        """Creating or replacing the store: no other writer's lock object may exist."""
+        others = [h for h in active_holders(self.store) if not self._mine(h)]
+        if others:
+            raise StoreError(f"{self.store}: cannot {why} while other writers hold lock objects ({_describe(others[0])})")
+        self.exclusive = True
+
+    def share(self) -> None:
+        self.exclusive = not self.sharded
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                self.obj.unlink(missing_ok=True)
+            except Exception:
+                pass  # best effort: a lock object left behind names us, and a rerun on this host takes it over
+
+
+def _read_object(obj: FsPath) -> dict | None:
+    try:
+        info = json.loads(obj.read_bytes()[:65536])
+        return info if isinstance(info, dict) else None
+    except Exception:
+        return None
+
+
 CREATE_LOCK = "_lock.create"
 CREATE_WAIT_S = 120.0  # how long a writer waits for another one to finish opening or creating the store
 
@@ -169,7 +265,10 @@ CREATE_WAIT_S = 120.0  # how long a writer waits for another one to finish openi
 @contextmanager
 def creating(store: Path, wait_s: float = CREATE_WAIT_S):
     """Held while a writer checks and (re)creates the store; waits for its turn (polling, so a stuck holder
-    becomes a one-line error instead of a hang)."""
+    becomes a one-line error instead of a hang). On an object store the lock object alone serialises openers."""
+    if isinstance(store, FsPath):
+        yield
+        return
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -191,6 +290,8 @@ def creating(store: Path, wait_s: float = CREATE_WAIT_S):
 
 def active_holders(store: Path) -> list[dict]:
     """Who holds the lock now (probed without blocking anyone); [] when no writer is active."""
+    if isinstance(store, FsPath):
+        return [i for i in (_read_object(p) for p in store.glob("_lock*.json")) if i and i.get("pid") is not None]
     out = []
     for path in [store / LOCK, *sorted(store.glob("_lock.shard-*.json"))]:
         try:

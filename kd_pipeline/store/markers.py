@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import StoreError
 from .files import SAMPLES_MARKER
 from .format import MARKERS, Manifest
+from .location import FsPath
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_MARKER_BYTES = 1 << 16
@@ -35,8 +36,16 @@ def _load_json(path: Path, what: str) -> dict:
         raise StoreError(f"{path}: {what} is missing")
     if path.stat().st_size > MAX_MARKER_BYTES:
         raise StoreError(f"{path}: {what} is larger than {MAX_MARKER_BYTES} bytes")
+    return _parse_json(path, path.read_bytes(), what)
+
+
+def _parse_json(path: Path, data: bytes | None, what: str) -> dict:
+    if data is None:
+        raise StoreError(f"{path}: {what} is missing")
+    if len(data) > MAX_MARKER_BYTES:
+        raise StoreError(f"{path}: {what} is larger than {MAX_MARKER_BYTES} bytes")
     try:
-        d = json.loads(path.read_bytes())
+        d = json.loads(data)
     except ValueError:
         raise StoreError(f"{path}: {what} is not valid JSON") from None
     if not isinstance(d, dict):
@@ -47,7 +56,10 @@ def _load_json(path: Path, what: str) -> dict:
 def read_marker(store: Path, m: Manifest, b: int) -> dict[str, str]:
     """-> array name -> sha256 of block b's bytes; StoreError if the marker is missing or wrong."""
     p = marker_path(store, b)
-    d = _load_json(p, f"completion marker of block {b}")
+    return _check_marker(p, m, b, _load_json(p, f"completion marker of block {b}"))
+
+
+def _check_marker(p: Path, m: Manifest, b: int, d: dict) -> dict[str, str]:
     start = b * m.chunk_rows
     rows = [start, min(start + m.chunk_rows, m.num_rows)]
     if d.get("block") != b or d.get("rows") != rows:
@@ -60,6 +72,10 @@ def read_marker(store: Path, m: Manifest, b: int) -> dict[str, str]:
 
 
 def read_all_markers(store: Path, m: Manifest) -> list[dict[str, str]]:
+    if isinstance(store, FsPath):  # one request per marker, all in flight together; the same checks on each
+        paths = [marker_path(store, b) for b in range(m.num_blocks)]
+        data = (store / MARKERS).read_many([p.name for p in paths])
+        return [_check_marker(p, m, b, _parse_json(p, d, f"completion marker of block {b}")) for b, (p, d) in enumerate(zip(paths, data))]
     return [read_marker(store, m, b) for b in range(m.num_blocks)]
 
 

@@ -3,7 +3,7 @@
 Unlike `open_store` (cheap checks, stops at the first problem) this reads every block of every array,
 recomputes its sha256 against the block's completion marker, runs the per-block content checks, and keeps
 going: it returns one line per problem (array, block/row, what is wrong) so a damaged store can be judged
-as a whole. Cost: one full read of the store (~0.4 M rows/s on a laptop disk, see docs/notes/storage.md).
+as a whole. Cost: one full read of the store (`python -m bench.block_checks` times it next to plain reads).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import zarr
 
 from ..errors import KDError
 from .format import ATTR, MARKERS, parse_manifest
+from .location import as_location, redact, zarr_location
 from .lock import active_holders
 from .markers import marker_path, mismatched, read_marker
 from .reader import CacheStore, SamplesIndex, _open_array
@@ -29,8 +30,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def verify_store(path: str | Path) -> Report:
-    path = Path(path)
+def verify_store(path) -> Report:
+    """path: a store folder or an fsspec URL (s3://…, http(s)://…): the same checks either way."""
+    path = as_location(path)
     r = Report()
     for h in active_holders(path) if path.is_dir() else []:
         r.notes.append(f"a writer is active (pid {h.get('pid')} on {h.get('host')}, started {h.get('started_at')}): results may change")
@@ -39,13 +41,13 @@ def verify_store(path: str | Path) -> Report:
             raise KDError(f"{path}: no store here (no zarr.json)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            group = zarr.open_group(zarr_location(path, read_only=True), mode="r", zarr_format=3)
             m = parse_manifest(group.attrs.get(ATTR), str(path))
     except KDError as e:
         r.problems.append(str(e))
         return r
     except Exception as e:
-        r.problems.append(f"{path}/zarr.json: unreadable ({type(e).__name__})")
+        r.problems.append(redact(f"{path}/zarr.json: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"))
         return r
     r.checked.append(f"manifest: format {m.format} v{m.version}, {m.num_rows:,} rows, {m.num_blocks} blocks of {m.chunk_rows}")
     if not m.complete:

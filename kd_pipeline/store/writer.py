@@ -4,8 +4,10 @@ Why blocks: unaligned writes into a chunk rewrite the whole chunk (26-276x slowe
 one chunk lose rows; whole-chunk writes from several processes are safe. So the unit of work, of resume and
 of sharding is the block: process `shard` of `num_shards` writes blocks b with b % num_shards == shard.
 
-Lifecycle: `CacheWriter.open(path, manifest)` creates the store, or resumes one whose manifest identity
-matches (a different one is replaced: its parameters are stale); `pending_blocks()` lists blocks without a
+Lifecycle: `CacheWriter.open(path, manifest, owner=...)` creates the store, or resumes one whose manifest
+identity matches (a different one is replaced: its parameters are stale). With an `owner` (the run folder,
+kd_pipeline/ownership.py) it touches an existing store only if that owner created it: any other store, complete
+or not, is refused before anything is written, locks included; `pending_blocks()` lists blocks without a
 marker; `write_block(b, arrays, samples)` writes the block's chunks and the table rows of the samples that
 start in it (`_markers/samples-<b>.parquet`), then marks; `finalize()` checks every marker, writes
 `samples.parquet` from those parts (one row group per block, in row order: readers fetch a block's samples
@@ -15,7 +17,8 @@ Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) 
 `finalize` or `close` (use it as a context manager); a block's
 chunks are fsynced before its marker is renamed into place, so a marker always means the block's bytes are
 on disk; a killed writer's temp files are removed on resume; an OSError (permission, disk full) becomes a
-one-line StoreError and leaves every marked block in place for the next run.
+one-line StoreError and leaves every marked block in place for the next run. `path` may be an object-store
+URL (location.py): the same order of writes, with PUTs of whole objects instead of fsync + rename.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from ..crashpoints import pause_point
 from ..errors import StoreError
 from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, write_manifest
 from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
+from .location import FsPath, as_location, zarr_location
 from .lock import StoreLock, creating
 from .markers import block_sha256, marker_path
 
@@ -69,13 +74,18 @@ class CacheWriter:
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, manifest: Manifest, create: bool = True, shard: int = 0, num_shards: int = 1) -> "CacheWriter":
-        """Resume the store at `path` if its manifest identity matches, else (re)create it. Holds the lock."""
-        path = Path(path)
+    def open(cls, path, manifest: Manifest, create: bool = True, shard: int = 0, num_shards: int = 1, owner=None) -> "CacheWriter":
+        """Resume the store at `path` if its manifest identity matches, else (re)create it. Holds the lock.
+        owner: who may touch an existing store (`owns(path, manifest)`, `record(path, manifest)`,
+        `refusal(path, existing, wanted)`); None = anyone (tools and tests writing their own folders)."""
+        path = as_location(path)
+        if isinstance(path, FsPath):
+            path._writable()  # http(s): refused before anything
+        _check_owner(path, _read_manifest(path), manifest, owner)  # before the locks: they are writes too
         with creating(path):  # one opener at a time: shards started together never refuse each other
             lock = StoreLock.acquire(path, shard, num_shards)
             try:
-                writer = cls._open_locked(path, manifest, create, lock)
+                writer = cls._open_locked(path, manifest, create, lock, owner)
             except OSError as e:
                 lock.release()
                 raise _os_error(path, "open the store for writing", e) from e
@@ -86,18 +96,21 @@ class CacheWriter:
         return writer
 
     @classmethod
-    def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock) -> "CacheWriter":
+    def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock, owner=None) -> "CacheWriter":
         existing = _read_manifest(path)
+        _check_owner(path, existing, manifest, owner)  # again, under the lock: another writer may have come first
         if existing is not None and existing.identity() == manifest.identity():
             if lock.exclusive:  # never under a running shard's feet: its temp files are in flight
                 remove_partials(path)
-            group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+            group = zarr.open_group(zarr_location(path, read_only=False), mode="r+", zarr_format=3)
             return cls(path, existing, group)
         if not create:
             raise StoreError(f"{path}: no store with matching parameters to resume")
         _refuse_newer(path)
         lock.make_exclusive("replace the store")
         clear_for_create(path)
+        if owner is not None:  # once the old store is gone, before the new one exists: ours from here on
+            owner.record(path, manifest)
         writer = cls._create(path, manifest)
         lock.share()
         return writer
@@ -105,7 +118,7 @@ class CacheWriter:
     @classmethod
     def _create(cls, path: Path, manifest: Manifest) -> "CacheWriter":
         m = manifest.model_copy(update={"complete": False})
-        group = zarr.open_group(str(path), mode="a", zarr_format=3)  # folder emptied above; "w" would delete _lock.json
+        group = zarr.open_group(zarr_location(path, read_only=False), mode="a", zarr_format=3)  # folder emptied above; "w" would delete _lock.json
         for name, (shape, dtype) in m.array_specs().items():
             chunks = (m.chunk_rows, *shape[1:])
             group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=None, fill_value=0)
@@ -123,10 +136,14 @@ class CacheWriter:
         return marker_path(self.path, b)
 
     def pending_blocks(self, shard: int = 0, num_shards: int = 1) -> list[int]:
+        try:
+            done = {p.name for p in (self.path / MARKERS).iterdir()}  # one listing (one request on an object store)
+        except FileNotFoundError:
+            done = set()
         return [
             b
             for b in range(shard, self.manifest.num_blocks, num_shards)
-            if not self.marker_path(b).exists()
+            if self.marker_path(b).name not in done
         ]
 
     def write_block(self, b: int, arrays: dict[str, np.ndarray], samples: pa.Table | None = None) -> None:
@@ -190,8 +207,22 @@ class CacheWriter:
 
     def _assemble_samples(self) -> str:
         """samples.parquet from the blocks' parts, each checked against its marker, one row group per part,
-        streamed to a temp file (never the whole table in memory), fsynced and renamed. -> its sha256."""
+        streamed to a temp file (never the whole table in memory), fsynced and renamed (on an object store:
+        a local temp file, uploaded as one object). -> its sha256."""
+        if isinstance(self.path, FsPath):
+            with tempfile.TemporaryDirectory(prefix="kd-samples-") as d:
+                tmp = Path(d) / SAMPLES
+                sha = self._write_samples(tmp)
+                (self.path / SAMPLES).upload(tmp)
+                return sha
         tmp = self.path / f".{SAMPLES}.{os.getpid()}.tmp"
+        sha = self._write_samples(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, self.path / SAMPLES)
+        fsync_file(self.path)
+        return sha
+
+    def _write_samples(self, tmp: Path) -> str:
         with pq.ParquetWriter(str(tmp), SAMPLES_SCHEMA) as w:
             for b in range(self.manifest.num_blocks):
                 part = samples_part_path(self.path, b)
@@ -204,9 +235,6 @@ class CacheWriter:
         with open(tmp, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        fsync_file(tmp)
-        os.replace(tmp, self.path / SAMPLES)
-        fsync_file(self.path)
         return h.hexdigest()
 
 
@@ -220,13 +248,23 @@ def _refuse_newer(path: Path) -> None:
         raise StoreError(f"{path}: holds a store of format version {v} (newer than {VERSION}); will not overwrite it")
 
 
+def _check_owner(path, existing: Manifest | None, wanted: Manifest, owner) -> None:
+    if owner is not None and existing is not None and not owner.owns(path, existing):
+        raise StoreError(owner.refusal(path, existing, wanted))
+
+
+def existing_manifest(path) -> Manifest | None:
+    """The manifest of the store at `path` (folder or URL), or None where there is none (or none readable)."""
+    return _read_manifest(as_location(path))
+
+
 def _read_manifest(path: Path) -> Manifest | None:
     if not (path / "zarr.json").exists():
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = zarr.open_group(str(path), mode="r").attrs.get(ATTR)
+            raw = zarr.open_group(zarr_location(path, read_only=True), mode="r").attrs.get(ATTR)
         return parse_manifest(raw, str(path))
     except Exception:
         return None  # unreadable or foreign: treated as absent, and replaced
