@@ -57,15 +57,19 @@ class MemmapStore:
 
     def __init__(self, store, folder: Path):
         self.manifest, self.samples, self.num_blocks = store.manifest, store.samples, store.num_blocks
+        self.path = folder  # local: the stream reads ahead as from a local store
         self.block_rows, self.check_block = store.block_rows, store.check_block
         self.arrays = {}
         for name, a in store.arrays.items():
             np.save(folder / f"{name}.npy", a[:])
             self.arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
 
-    def read_block(self, b):
-        s, e = self.block_rows(b)
-        return {k: np.array(v[s:e]) for k, v in self.arrays.items()}
+    def read_blocks(self, blocks, names=None):
+        out = {}
+        for b in blocks:
+            s, e = self.block_rows(b)
+            out[b] = {k: np.array(v[s:e]) for k, v in self.arrays.items() if names is None or k in names}
+        return out
 
 
 def kd_module(student, V: int) -> CachedKD:
