@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from kd_pipeline.store import CacheWriter, Manifest, open_store
+from kd_pipeline.store.values import encode_targets, to_host
 from kd_pipeline.store.verify import verify_store
 from kd_pipeline.store.writer import samples_table
-from kd_pipeline.targets import topk_targets
+from kd_pipeline.targets import teacher_rows
 
 ROWS, CLASSES, K, FEAT, CHUNK = 100_000, 1000, 16, 256, 4096
 
@@ -27,7 +28,7 @@ ROWS, CLASSES, K, FEAT, CHUNK = 100_000, 1000, 16, 256, 4096
 def build(path: Path) -> None:
     m = Manifest(
         format="kd-cache", version=1, kind="classification", num_classes=CLASSES, top_k=K, temperatures=[1.0, 4.0],
-        values_dtype="float16", indices_dtype="int16", num_rows=ROWS, chunk_rows=CHUNK,
+        values_dtype="float16", indices_dtype="int16", values_scheme="relative", num_rows=ROWS, chunk_rows=CHUNK,
         teacher={"factory": "bench:t", "kwargs": {}, "checkpoint_sha256": "0" * 64},
         dataset={"factory": "bench:d", "kwargs": {}, "splits": ["train"], "split_sizes": {"train": ROWS}, "num_samples": ROWS, "fingerprint": "sha256:bench"},
         features={"f": {"shape": [FEAT], "dtype": "float16", "module": "body"}}, complete=False, created_with="bench",
@@ -36,11 +37,8 @@ def build(path: Path) -> None:
     with CacheWriter.open(path, m) as w:
         for b in w.pending_blocks():
             s, e = w.block_rows(b)
-            t = topk_targets(torch.randn(e - s, CLASSES, generator=g) * 3, K, (1.0, 4.0))
-            w.write_block(b, {
-                "topk_logits": t.values.numpy().astype(np.float16), "topk_indices": t.indices.numpy().astype(np.int16),
-                "lse": t.lse.numpy(), "features/f": torch.randn(e - s, FEAT, generator=g).numpy().astype(np.float16),
-            })
+            t = to_host(encode_targets(teacher_rows(torch.randn(e - s, CLASSES, generator=g) * 3, m), m), m)
+            w.write_block(b, {**t, "features/f": torch.randn(e - s, FEAT, generator=g).numpy().astype(np.float16)})
         w.finalize(samples_table({"train": ROWS}, {"train": np.zeros(ROWS, np.int64)}))
 
 

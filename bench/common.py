@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+from torch import nn
+
 from kd_pipeline.config import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,28 +60,40 @@ def verdict(value: float, goal: float, higher_is_better: bool = True) -> str:
     return f"{'MET' if ok else 'MISSED'} (goal {'>=' if higher_is_better else '<='} {goal})"
 
 
-def online_kd_step(student, teacher, alpha: float, tau: float):
-    """Online KD with the library's pieces: the live teacher's full logits as Targets (k = C, so the loss is
-    the dense seed formula, tested equal to 1e-5) -> the same kd_loss the cached student uses."""
-    import torch
+class OnlineKD(nn.Module):
+    """Online KD as a loss module (the interface of kd_pipeline/objectives.py): the live teacher's full logits
+    as Targets (k = C, so the loss is the dense seed formula, tested equal to 1e-5) -> the same kd_loss the
+    cached student uses, on the kind's rows (a sample, or a token of a sequence). The teacher is frozen."""
 
-    from kd_pipeline.losses import kd_loss
-    from kd_pipeline.targets import full_targets
+    def __init__(self, student: nn.Module, teacher: nn.Module, kind, alpha: float, tau: float):
+        super().__init__()
+        self.student, self.teacher, self.kind, self.alpha, self.tau = student, teacher.eval().requires_grad_(False), kind, alpha, tau
 
-    def step(batch):
+    def forward(self, batch: dict):
+        from kd_pipeline.losses import kd_loss
+        from kd_pipeline.targets import full_targets
+
         with torch.no_grad():
-            t = full_targets(teacher(batch["x"]), (tau,))
-        return kd_loss(student(batch["x"]), batch["y"], t, tau, alpha)
+            t = full_targets(self.kind.rows(self.teacher(batch["x"]), batch), (self.tau,))
+        rows = self.kind.rows(self.student(batch["x"]), batch)
+        return kd_loss(rows, self.kind.row_labels(batch), t, self.tau, self.alpha)
 
-    return step
+
+def training_samples(cfg: PipelineConfig):
+    """The store's training samples (train + transfer splits) as one in-memory split of a SplitSamples, for
+    the online-KD student (shuffled_batches over split 0): the rows the cached student trains on."""
+    from kd_pipeline.data import ArrayDataset, SplitSamples, open_split
+    from kd_pipeline.kinds import kind_for
+
+    ds = [open_split(cfg.data, s) for s in cfg.cached_splits]
+    one = ArrayDataset(torch.cat([d.inputs for d in ds]), torch.cat([d.labels for d in ds]))
+    return SplitSamples([one], ["+".join(cfg.cached_splits)], kind_for(cfg.kind, cfg.data.num_classes))
 
 
 def pipeline_store(out: Path, *sets: str) -> PipelineConfig:
-    """A real store of the default pipeline (or `sets` overrides) made by the real cache_teacher stage, in
-    run folder `out` (skipped when up to date). The teacher is freshly initialised with seed 0 and saved as
-    the stage's checkpoint: reading and training speed do not depend on its weights."""
-    import torch
-
+    """A real store of the default pipeline (or `sets` overrides) made by the real prepare_data and
+    cache_teacher stages, in run folder `out` (skipped when up to date). The teacher is freshly initialised
+    with seed 0 and saved as the stage's checkpoint: reading and training speed do not depend on its weights."""
     from kd_pipeline.checkpoint import save_model
     from kd_pipeline.models import build_model
     from kd_pipeline.runner import run_pipeline
@@ -87,8 +102,8 @@ def pipeline_store(out: Path, *sets: str) -> PipelineConfig:
     ckpt = cfg.out_dir / "teacher.safetensors"
     if not ckpt.is_file():
         torch.manual_seed(0)
-        save_model(build_model(cfg.teacher, cfg.data.num_classes), ckpt, {"factory": cfg.teacher.factory, "kwargs": cfg.teacher.kwargs})
-    run_pipeline(cfg, only=["cache_teacher"])
+        save_model(build_model(cfg.teacher, cfg.data.num_classes, "teacher"), ckpt, {"factory": cfg.teacher.factory, "kwargs": cfg.teacher.kwargs})
+    run_pipeline(cfg, only=["prepare_data", "cache_teacher"])
     return cfg
 
 
@@ -104,8 +119,6 @@ def apply_threads(args: argparse.Namespace) -> None:
     """On a shared, oversubscribed 2-core machine two intra-op threads spend most of each small op waiting
     for a descheduled peer (MLP step measured at 150 ms with 2 threads vs 11 ms with 1); both sides of
     every ratio run with the same setting. Also passed on as the config's `threads`, which run_pipeline applies."""
-    import torch
-
     torch.set_num_threads(args.threads)
     args.sets.append(f"threads={args.threads}")
 

@@ -1,12 +1,15 @@
 """LM speed ratios, each measured side by side in one run (alternating, median of `REPS`):
-1. teacher pass tokens/s (teacher + top-k + encode + store writes) / bare teacher forward tokens/s;
-2. KD student stage tokens/s (from the store) / hard-label training tokens/s (tokens in memory), same student;
-3. streaming tokens/s from the store (SampleStream over zarr) / the same stream over np.memmap of the same arrays.
+1. teacher pass tokens/s (`cachepass.teacher_pass`: samples through the DataLoader, teacher, top-k + lse,
+   encode, packed ids, store writes, then `finalize`) / bare teacher forward tokens/s over the same samples;
+2. KD student tokens/s (`student_batches` from the store -> `CachedKD`) / hard-label training tokens/s
+   (`shuffled_batches` over the token windows -> `HardLabels`), same student, both in `training.fit`;
+3. streaming tokens/s from the store (`student_batches` over zarr) / the same stream over np.memmap of the
+   same arrays.
 Run: OMP_NUM_THREADS=2 python -m bench.lm_speed [tokens] [student_steps]   (teacher: bench/lm_pipeline.yaml)
 
 `--ids [tokens] [rounds] [student_steps]`: packed vs plain ids. At V = 8,192, 128,256 and 262,144, two stores with the same
 targets (the teacher's top-32, q8 values; at V > 8192 its ids renamed into [0, V) by bench.lm_common.id_injection),
-one with plain and one with packed ids: SampleStream tokens/s over the packed store / over the plain one, and
+one with plain and one with packed ids: student_batches tokens/s over the packed store / over the plain one, and
 packed stream / the same stream over np.memmap (ratio 3's goal, >= 0.5), alternated, order flipped each round,
 median of the per-round ratios; per 16,384-row block: read_block, unpack_ids, check_block (ms, median); and at
 V = 8192, the KD student trained from the packed store / from the plain one (ratio 2's path).
@@ -24,16 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.lm_common import first_tokens, id_injection, lm_setup, scheme_manifest
-from kd_pipeline.config import TrainConfig
-from kd_pipeline.lm.batches import lm_ce_step, pad_samples, sample_batches
-from kd_pipeline.lm.cachepass import encode_rows, row_targets, sequence_pass, teacher_rows
-from kd_pipeline.lm.manifest import sequence_samples_table
-from kd_pipeline.lm.stream import SampleStream, lm_kd_step
+from bench.lm_common import first_tokens, id_injection, lm_setup, scheme_manifest, teacher_logits, window_layout, window_samples, write_store
+from kd_pipeline.cachepass import teacher_pass
+from kd_pipeline.config import DistillConfig, TrainConfig
+from kd_pipeline.kinds import Sequence
 from kd_pipeline.models import build_model
+from kd_pipeline.objectives import CachedKD, HardLabels
+from kd_pipeline.prepare import samples_per_batch
 from kd_pipeline.store import CacheWriter, open_store
 from kd_pipeline.store.format import id_bits
 from kd_pipeline.store.ids import pack_ids, unpack_ids
+from kd_pipeline.store.values import encode_targets, to_host
+from kd_pipeline.stream import shuffled_batches, student_batches
+from kd_pipeline.targets import teacher_rows
 from kd_pipeline.training import fit
 
 REPS = 3
@@ -46,38 +52,53 @@ def timed(fn) -> float:
 
 
 class MemmapStore:
-    """The store's arrays as .npy memmaps behind CacheStore's read interface (the baseline of ratio 3)."""
+    """The store's arrays as .npy memmaps behind CacheStore's read interface (what `student_batches` calls:
+    the baseline of ratio 3)."""
 
     def __init__(self, store, folder: Path):
         self.manifest, self.samples, self.num_blocks = store.manifest, store.samples, store.num_blocks
+        self.path = folder  # local: the stream reads ahead as from a local store
         self.block_rows, self.check_block = store.block_rows, store.check_block
         self.arrays = {}
         for name, a in store.arrays.items():
             np.save(folder / f"{name}.npy", a[:])
             self.arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
 
-    def read_block(self, b):
-        s, e = self.block_rows(b)
-        return {k: np.array(v[s:e]) for k, v in self.arrays.items()}
+    def read_blocks(self, blocks, names=None):
+        out = {}
+        for b in blocks:
+            s, e = self.block_rows(b)
+            out[b] = {k: np.array(v[s:e]) for k, v in self.arrays.items() if names is None or k in names}
+        return out
+
+
+def kd_module(student, V: int) -> CachedKD:
+    """The student stage's loss module at alpha = 0.5, tau = 1."""
+    return CachedKD(student, Sequence(V), DistillConfig(alpha=0.5, temperature=1.0), {})
 
 
 def main(n_tokens: int = 32768, student_steps: int = 20) -> None:
     cfg, teacher, (ids, starts, lengths) = lm_setup("train")
     V, cpu = cfg.data.num_classes, torch.device("cpu")
     s, n = first_tokens(starts, lengths, n_tokens)
-    bs = cfg.cache.batch_size // cfg.sequence.context
+    bs = samples_per_batch(cfg, cfg.cache.batch_size)
     tmp = Path(tempfile.mkdtemp(prefix="kd-lm-speed-"))
-    m = scheme_manifest(V, cfg.cache.top_k, "float16", "topk", int(n.sum()), cfg.cache.chunk_rows, num_samples=len(n))
+    # as the cache_teacher stage writes it: top-k fp16 values, packed ids (cache.ids: auto for sequence stores)
+    m = scheme_manifest(V, cfg.cache.top_k, "float16", "topk", int(n.sum()), cfg.cache.chunk_rows, num_samples=len(n), ids="packed")
+    train = window_samples(ids, s, n, V)
+    layout = window_layout(n)
+    keys = [np.arange(a, min(a + bs, len(s)), dtype=np.int64) for a in range(0, len(s), bs)]
+    batches = [train.__getitems__((np.zeros(len(i), np.int64), i)) for i in keys]  # every sample once, in order
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def bare():
-        for i in range(0, len(s), bs):
-            teacher(pad_samples(ids, s[i : i + bs], n[i : i + bs])["x"])
+        for b in batches:
+            teacher(b["x"])
 
     def cache(rep: int):
         w = CacheWriter.open(tmp / f"store{rep}", m)  # a fresh store each time
-        sequence_pass(teacher, w, ids, s, n, bs, cpu, torch.float32, 0)
-        w.finalize(sequence_samples_table("train", n))
+        teacher_pass(teacher, w, layout, train, train.kind, {}, bs, cpu, torch.float32)
+        w.finalize()
 
     t_bare, t_pass = [], []
     for rep in range(REPS):
@@ -96,11 +117,11 @@ def main(n_tokens: int = 32768, student_steps: int = 20) -> None:
 
     def kd():
         student = build_model(cfg.student, V).train()
-        fit(student.parameters(), iter(SampleStream(store, B, 4, 0)), lm_kd_step(student, 0.5, 1.0), tc, "kd")
+        fit(kd_module(student, V), lambda skip: student_batches(store, None, B, 4, 0), tc, "kd")
 
     def hard():
         student = build_model(cfg.student, V).train()
-        fit(student.parameters(), sample_batches(ids, s, n, B, 0), lm_ce_step(student), tc, "ce")
+        fit(HardLabels(student, train.kind), lambda skip: shuffled_batches(train, 0, B, 0), tc, "ce")
 
     t_kd, t_ce = [], []
     for _ in range(REPS):
@@ -110,11 +131,11 @@ def main(n_tokens: int = 32768, student_steps: int = 20) -> None:
     print(f"2. KD student from the store / hard-label training, {student_steps} steps of {B} samples: {res['student_ratio']:.3f}", flush=True)
 
     mem = MemmapStore(store, tmp)
-    batches = 200
+    n_batches = 200
 
     def stream(st):
-        it = iter(SampleStream(st, B, 4, 0))
-        return sum(int(next(it)["mask"].sum()) for _ in range(batches))
+        it = student_batches(st, None, B, 4, 0)
+        return sum(int(next(it)["mask"].sum()) for _ in range(n_batches))
 
     t_z, t_m = [], []
     for _ in range(REPS):
@@ -128,16 +149,6 @@ def main(n_tokens: int = 32768, student_steps: int = 20) -> None:
           f"= {res['stream_ratio']:.3f}", flush=True)
     Path("bench/out").mkdir(parents=True, exist_ok=True)
     Path("bench/out/lm_speed.json").write_text(json.dumps(res, indent=1))
-
-
-def write_rows(path: Path, m, arrays: dict[str, np.ndarray], lengths: np.ndarray):
-    """A finished store from whole arrays (n rows), one write per block."""
-    w = CacheWriter.open(path, m)
-    for b in w.pending_blocks():
-        s, e = w.block_rows(b)
-        w.write_block(b, {k: v[s:e] for k, v in arrays.items()})
-    w.finalize(sequence_samples_table("train", lengths))
-    return open_store(path)
 
 
 def median_ratio(a, b, rounds: int) -> float:
@@ -160,13 +171,13 @@ def ids_stream(n_tokens: int = 32768, rounds: int = 5, student_steps: int = 20, 
     s, n = first_tokens(starts, lengths, n_tokens)
     m0 = scheme_manifest(base, k, "uint8", "topk")
     with torch.no_grad():  # the teacher's top-k only: its full logits of 32k tokens would be 1 GB
-        parts = [row_targets(z, m0) for z in teacher_rows(teacher, ids, s, n, 16, torch.device("cpu"))]
+        parts = [teacher_rows(z, m0) for z in teacher_logits(teacher, ids, s, n, 16)]
     t0 = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     toks = np.concatenate([ids[a : a + c] for a, c in zip(s.tolist(), n.tolist())]).astype(np.int32)
     B, batches, tmp = cfg.student_train.batch_size, 200, Path(tempfile.mkdtemp(prefix="kd-lm-ids-"))
 
     def stream(st):
-        it = iter(SampleStream(st, B, 4, 0))
+        it = student_batches(st, None, B, 4, 0)
         return sum(int(next(it)["mask"].sum()) for _ in range(batches))
 
     res = {"tokens": int(n.sum()), "k": k, "rounds": rounds, "vocabs": {}}
@@ -175,7 +186,7 @@ def ids_stream(n_tokens: int = 32768, rounds: int = 5, student_steps: int = 20, 
         stores = {}
         for scheme in ("plain", "packed"):
             m = scheme_manifest(V, k, "uint8", "topk", len(toks), cfg.cache.chunk_rows, num_samples=len(n), ids=scheme)
-            stores[scheme] = write_rows(tmp / f"{V}-{scheme}", m, {**encode_rows(t, m), "tokens": toks}, n)
+            stores[scheme] = write_store(tmp / f"{V}-{scheme}", m, {**to_host(encode_targets(t, m), m), "tokens": toks}, n)
         plain, packed = stores["plain"], stores["packed"]
         mem = MemmapStore(packed, Path(tempfile.mkdtemp(dir=tmp)))
         r = {"packed/plain": median_ratio(lambda: stream(packed), lambda: stream(plain), rounds),
@@ -196,7 +207,7 @@ def ids_stream(n_tokens: int = 32768, rounds: int = 5, student_steps: int = 20, 
             def kd(st):
                 torch.manual_seed(0)
                 student = build_model(cfg.student, V).train()
-                fit(student.parameters(), iter(SampleStream(st, B, 4, 0)), lm_kd_step(student, 0.5, 1.0), tc, "kd")
+                fit(kd_module(student, V), lambda skip: student_batches(st, None, B, 4, 0), tc, "kd")
 
             r["student packed/plain"] = median_ratio(lambda: kd(packed), lambda: kd(plain), rounds)
             print(f"V={V}: KD student from the packed store / from the plain one, {student_steps} steps: {r['student packed/plain']:.3f}", flush=True)

@@ -11,7 +11,8 @@ Run: OMP_NUM_THREADS=2 python -m bench.lm_targets [tokens]   (teacher: bench/lm_
 q8 and fp16 values, k in PACKED_KS: bytes per token and the two KLs, beside a peer's published figures
 (PEER). The teacher's vocabulary is 8192; at a larger V its ids are renamed by a fixed injection into [0, V)
 (bench.lm_common.id_injection: the same distribution, the largest ids in use) and every row goes through
-encode_rows -> pack -> unpack -> rows_from_arrays at that V; the decoded ids must map back exactly.
+the store's path at that V (encode_targets -> to_host, which packs -> targets_from_arrays, which unpacks);
+the decoded ids must map back exactly.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.lm_common import first_tokens, id_injection, lm_setup, scheme_manifest
-from kd_pipeline.lm.cachepass import encode_rows, row_targets, rows_from_arrays, teacher_rows
-from kd_pipeline.lm.manifest import target_bytes_per_token
+from bench.lm_common import first_tokens, id_injection, lm_setup, scheme_manifest, teacher_logits
 from kd_pipeline.lm.reconstruction import reconstruction_kl
+from kd_pipeline.store.values import encode_targets, to_host
+from kd_pipeline.targets import targets_from_arrays, teacher_rows, through_store
 
 KS = (1, 8, 32, 128)
 SCHEMES = [(t, d) for t in ("topk", "sampled") for d in ("float16", "uint8")]
@@ -37,7 +38,7 @@ def held_out_logits(n_tokens: int):
     cfg, teacher, (ids, starts, lengths) = lm_setup("val")
     s, n = first_tokens(starts, lengths, n_tokens)
     with torch.no_grad():
-        return cfg, torch.cat(list(teacher_rows(teacher, ids, s, n, 16, torch.device("cpu"))))
+        return cfg, torch.cat(list(teacher_logits(teacher, ids, s, n, 16)))
 
 
 def main(n_tokens: int = 20000) -> None:
@@ -56,12 +57,12 @@ def main(n_tokens: int = 20000) -> None:
                 comp = full = 0.0
                 for i in range(0, len(z), 2048):
                     zz = z[i : i + 2048]
-                    t = rows_from_arrays(encode_rows(row_targets(zz, m, gen), m), m)
-                    valid = t["counts"] > 0 if "counts" in t else None
-                    c, f = reconstruction_kl(zz, t["values"], t["ids"], t["lse"][:, 0], 1.0, valid)
+                    t = through_store(zz, m, gen)  # teacher_rows -> encode_targets -> to_host -> decode
+                    valid = t.counts > 0 if t.counts is not None else None
+                    c, f = reconstruction_kl(zz, t.values, t.indices, t.lse[:, 0], 1.0, valid)
                     comp, full = comp + float(c.sum()), full + float(f.sum())
-                b = target_bytes_per_token(m)
-                b128 = target_bytes_per_token(scheme_manifest(128_256, k, dtype, targets))
+                b = m.target_bytes_per_row()
+                b128 = scheme_manifest(128_256, k, dtype, targets).target_bytes_per_row()
                 rows.append({"scale": scale, "entropy": ent, "mean_top_p": top1, "k": k, "targets": targets, "values": dtype,
                              "bytes_per_token": b, "bytes_per_token_v128k": b128, "ratio_to_fp32": b / (4 * V),
                              "compression_kl": comp / len(z), "full_kl": full / len(z)})
@@ -108,21 +109,21 @@ def packed_rows(n_tokens: int = 20000) -> None:
         entropy[scale] = float(sum(-(torch.softmax(c, 1) * torch.log_softmax(c, 1)).sum() for c in z.split(step)) / len(z))
         for k in PACKED_KS:
             m0 = scheme_manifest(base, k, "float16", "topk")
-            targets = [row_targets(z[i : i + step], m0) for i in range(0, len(z), step)]  # top-k at the teacher's V
+            targets = [teacher_rows(z[i : i + step], m0) for i in range(0, len(z), step)]  # top-k at the teacher's V
             for dtype in ("uint8", "float16"):
                 for V in VOCABS:
                     m = scheme_manifest(V, k, dtype, "topk", ids="packed")
                     comp = full = 0.0
                     for i, t in zip(range(0, len(z), step), targets):
                         t = dict(t, ids=torch.from_numpy(maps[V])[t["ids"]])  # renamed into [0, V)
-                        d = rows_from_arrays(encode_rows(t, m), m)
-                        assert torch.equal(d["ids"], t["ids"]), f"packed ids did not round-trip at V={V}"
-                        back = torch.from_numpy(inverse[V])[d["ids"]]  # the teacher's own ids again
-                        c, f = reconstruction_kl(z[i : i + step], d["values"], back, d["lse"][:, 0], 1.0)
+                        d = targets_from_arrays(to_host(encode_targets(t, m), m), m)
+                        assert torch.equal(d.indices, t["ids"]), f"packed ids did not round-trip at V={V}"
+                        back = torch.from_numpy(inverse[V])[d.indices]  # the teacher's own ids again
+                        c, f = reconstruction_kl(z[i : i + step], d.values, back, d.lse[:, 0], 1.0)
                         comp, full = comp + float(c.sum()), full + float(f.sum())
-                    b = target_bytes_per_token(m)
+                    b = m.target_bytes_per_row()
                     rows.append({"scale": scale, "k": k, "values": dtype, "vocab": V, "id_bits": (V - 1).bit_length(),
-                                 "bytes_per_token": b, "bytes_plain_ids": target_bytes_per_token(scheme_manifest(V, k, dtype, "topk")),
+                                 "bytes_per_token": b, "bytes_plain_ids": scheme_manifest(V, k, dtype, "topk").target_bytes_per_row(),
                                  "compression_kl": comp / len(z), "full_kl": full / len(z)})
                     r = rows[-1]
                     print(f"x{scale} k={k:3d} {dtype:7s} V={V:7d} {b:4d} B/token (plain ids {r['bytes_plain_ids']:4d})  "

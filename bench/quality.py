@@ -8,9 +8,11 @@ Variants: baseline (hard labels), cached top-k KD (k = 1, 3), cached full (k = 1
 (live teacher every step, full logits). All use pipeline.yaml's data, teacher, student, alpha, tau and steps.
 Driven through the real pipeline (`run_pipeline` with `--set`-style overrides): the teacher is trained once
 (out <root>/teacher), each k gets one teacher pass (out <root>/cache-k{k}), each (variant, seed) its own run
-folder. Re-running skips finished stages (the runner's stamps). Online KD is not a pipeline stage; it is
-`fit` + `random_batches` + `kd_loss` on `full_targets` of the live teacher, over the same train + transfer rows,
-with the student built right after seeding, as the stages do (same initial weights in every variant of a seed).
+folder (each with its own prepare_data). Re-running skips finished stages (the runner's stamps). Online KD is
+not a pipeline stage; it is `fit` + `shuffled_batches` over the same train + transfer rows + the loss module
+`bench.common.OnlineKD` (`kd_loss` on `full_targets` of the live teacher), with the student built right after
+seeding, as the stages do (same initial weights in every variant of a seed). Accuracy: `evaluation.split_metrics`
+on the test split, as the evaluate stage computes it.
 Goal: cached k = 3 within 0.3 points of online.
 """
 
@@ -21,15 +23,16 @@ import shutil
 import statistics
 from pathlib import Path
 
-import torch
 
-from bench.common import apply_threads, bench_args, config, online_kd_step
+from bench.common import OnlineKD, apply_threads, bench_args, config, training_samples
 from kd_pipeline.checkpoint import load_model, save_model
 from kd_pipeline.config import PipelineConfig
-from kd_pipeline.data import load_splits
+from kd_pipeline.evaluation import split_metrics
 from kd_pipeline.models import build_model
+from kd_pipeline.prepare import open_samples
 from kd_pipeline.runner import run_pipeline
-from kd_pipeline.training import fit, predict, random_batches, seed_everything
+from kd_pipeline.stream import shuffled_batches
+from kd_pipeline.training import fit, seed_everything
 
 QUICK = ["teacher_train.steps=1000", "student_train.steps=1000"]
 # label -> (k, store overrides, student overrides, folder tag). One store per (k, store overrides).
@@ -44,9 +47,11 @@ EXTRA = {
 
 
 def accuracy(cfg: PipelineConfig, ckpt: Path, component: str = "student") -> float:
-    x, y = load_splits(cfg.data, [cfg.data.test_split])[cfg.data.test_split]
-    model = load_model(build_model(getattr(cfg, component), cfg.data.num_classes), ckpt, component)
-    return float((predict(model, x).argmax(1) == y).float().mean())
+    """Test accuracy of the checkpoint, as the evaluate stage computes it."""
+    samples = open_samples(cfg, [cfg.data.test_split])
+    model = load_model(build_model(getattr(cfg, component), cfg.data.num_classes, component), ckpt, component)
+    got = split_metrics({component: model}, samples, 0, len(samples.datasets[0]), cfg.evaluate.batch_size)
+    return float(got[component]["accuracy"])
 
 
 def train_online(cfg: PipelineConfig, teacher_ckpt: Path) -> Path:
@@ -55,14 +60,12 @@ def train_online(cfg: PipelineConfig, teacher_ckpt: Path) -> Path:
     if out.is_file():
         return out
     seed_everything(cfg.seed)
-    student = build_model(cfg.student, cfg.data.num_classes).train()  # first, as in the stages: same init
-    teacher = load_model(build_model(cfg.teacher, cfg.data.num_classes), teacher_ckpt, "teacher").eval().requires_grad_(False)
-    splits = load_splits(cfg.data, cfg.cached_splits)  # train (labelled) + transfer (label -1): the cached rows
-    x = torch.cat([a for a, _ in splits.values()])
-    y = torch.cat([b for _, b in splits.values()])
-    step = online_kd_step(student, teacher, cfg.distill.alpha, cfg.distill.temperature)
-    batches = random_batches(x, y, cfg.student_train.batch_size, cfg.seed)
-    fit(student.parameters(), batches, step, cfg.student_train, "online_kd", cfg.out_dir / "logs" / "online_kd.jsonl")
+    student = build_model(cfg.student, cfg.data.num_classes, "student").train()  # first, as in the stages: same init
+    teacher = load_model(build_model(cfg.teacher, cfg.data.num_classes, "teacher"), teacher_ckpt, "teacher")
+    samples = training_samples(cfg)  # train (labelled) + transfer (label -1): the store's training rows
+    module = OnlineKD(student, teacher, samples.kind, cfg.distill.alpha, cfg.distill.temperature)
+    fit(module, lambda skip: shuffled_batches(samples, 0, cfg.student_train.batch_size, cfg.seed, skip=skip),
+        cfg.student_train, "online_kd", cfg.out_dir / "logs" / "online_kd.jsonl")
     save_model(student, out, {"factory": cfg.student.factory, "kwargs": cfg.student.kwargs})
     return out
 
@@ -78,7 +81,7 @@ def run(root: Path, seeds: list[int], cached: dict = CACHED, sets: list[str] = (
     """-> {"teacher": acc, "runs": {variant: {seed: acc}}}; also written to <root>/quality.json."""
     sets = list(sets)
     tcfg = config(*sets, f"out={root / 'teacher'}")
-    run_pipeline(tcfg, only=["train_teacher"])
+    run_pipeline(tcfg, only=["prepare_data", "train_teacher"])
     teacher_ckpt = tcfg.out_dir / "teacher.safetensors"
     result = {"teacher": accuracy(tcfg, teacher_ckpt, "teacher"), "runs": {}, "sets": sets}
     log(f"teacher accuracy {100 * result['teacher']:.2f}%")
@@ -89,7 +92,7 @@ def run(root: Path, seeds: list[int], cached: dict = CACHED, sets: list[str] = (
         folder = root / (f"cache-k{k}" + (tag if store_sets else ""))
         ccfg = config(*sets, *store_sets, f"out={folder}", f"cache.top_k={k}")
         _link_teacher(teacher_ckpt, ccfg.out_dir)
-        run_pipeline(ccfg, only=["cache_teacher"])
+        run_pipeline(ccfg, only=["prepare_data", "cache_teacher"])
         cache[k, tuple(store_sets)] = ccfg.cache_path
 
     def record(variant: str, seed: int, cfg: PipelineConfig, ckpt_fn) -> None:
@@ -101,10 +104,10 @@ def run(root: Path, seeds: list[int], cached: dict = CACHED, sets: list[str] = (
     for seed in seeds:  # seeds outer: a partial run already compares every variant
         s = [*sets, f"seed={seed}"]
         cfg = config(*s, f"out={root / f'baseline-s{seed}'}")
-        record("baseline", seed, cfg, lambda c: (run_pipeline(c, only=["train_baseline"]), c.out_dir / "baseline.safetensors")[1])
+        record("baseline", seed, cfg, lambda c: (run_pipeline(c, only=["prepare_data", "train_baseline"]), c.out_dir / "baseline.safetensors")[1])
         for label, (k, store_sets, extra, tag) in cached.items():
             cfg = config(*s, *extra, f"out={root / f'kd-k{k}{tag}-s{seed}'}", f"cache.path={cache[k, tuple(store_sets)]}")
-            record(label, seed, cfg, lambda c: (run_pipeline(c, only=["train_student"]), c.out_dir / "student.safetensors")[1])
+            record(label, seed, cfg, lambda c: (run_pipeline(c, only=["prepare_data", "train_student"]), c.out_dir / "student.safetensors")[1])
         cfg = config(*s, f"out={root / f'online-s{seed}'}")
         record("online", seed, cfg, lambda c: train_online(c, teacher_ckpt))
     return result

@@ -3,11 +3,14 @@
     .venv/bin/python -m bench.student_step                  # pipeline.yaml's student, batch 100, 5 rounds
     .venv/bin/python -m bench.student_step --steps 200 --set "student.kwargs.hidden=[1024, 1024]"   # wide student
 
-- cached KD: the student stage's path — BlockStream over a real store (made by the cache_teacher stage) ->
-  kd_batches -> kd_step (top-k + tail KL from the store, CE on labelled rows), in `fit`;
-- hard labels: the baseline stage's path — random_batches over the labelled split -> ce_step, in `fit`;
-- online KD: random_batches over the same train + transfer rows, the live teacher's forward every step,
-  full logits (k = C, the dense seed formula) -> kd_loss, in `fit`.
+All three run the library's `training.fit` on a loss module (kd_pipeline/objectives.py), as the stages build
+them (same batch size, same initial weights):
+- cached KD: the train_student stage's path — `student_batches` over a real store (made by the prepare_data
+  and cache_teacher stages; targets per block from the store, inputs fetched by sample id through the
+  DataLoader) -> `CachedKD` (top-k + tail KL from the store, CE on labelled rows);
+- hard labels: the train_baseline stage's path — `shuffled_batches` over the labelled split -> `HardLabels`;
+- online KD: `shuffled_batches` over the same train + transfer rows (one in-memory split), the live teacher's
+  forward every step, full logits (k = C, the dense seed formula) -> the same `kd_loss` (bench.common.OnlineKD).
 Each variant keeps its own iterator across rounds (steady state: the stream's reader thread is warm).
 Goals: cached / hard >= 0.95; cached / online is reported (> 1 is the point of caching).
 """
@@ -18,15 +21,16 @@ from pathlib import Path
 
 import torch
 
-from bench.common import alternate, apply_threads, median_ratio, online_kd_step, pipeline_store, store_bench_args, summary, verdict
-from kd_pipeline.checkpoint import load_model
+from bench.common import OnlineKD, alternate, apply_threads, median_ratio, pipeline_store, store_bench_args, summary, training_samples, verdict
+from kd_pipeline.checkpoint import load_teacher
 from kd_pipeline.config import TrainConfig
-from kd_pipeline.data import load_splits
-from kd_pipeline.distill import ce_step, check_store_for, kd_batches, kd_step, rows_aligned
+from kd_pipeline.distill import check_store_for
 from kd_pipeline.models import build_model
+from kd_pipeline.objectives import CachedKD, HardLabels
+from kd_pipeline.prepare import load_summary, open_samples
 from kd_pipeline.store import open_store
-from kd_pipeline.stream import BlockStream
-from kd_pipeline.training import fit, random_batches
+from kd_pipeline.stream import shuffled_batches, student_batches
+from kd_pipeline.training import fit
 
 GOAL = 0.95
 WIDE = ["student.kwargs.hidden=[1024, 1024]"]  # ~100x the default student's FLOPs: where the student dominates
@@ -35,32 +39,30 @@ WIDE = ["student.kwargs.hidden=[1024, 1024]"]  # ~100x the default student's FLO
 def run(out: Path, steps: int, rounds: int, sets: list[str] = (), log=print) -> dict:
     cfg = pipeline_store(out, *sets)
     store = open_store(cfg.cache_path)
-    splits = load_splits(cfg.data, store.manifest.dataset.splits)
-    check_store_for(store, splits, cfg.data.num_classes, cfg.distill.temperature)
-    x_rows, y_rows = rows_aligned(store, splits)
-    x_lab, y_lab = splits[cfg.data.train_split]
-    bs = cfg.student_train.batch_size
-    tcfg = TrainConfig(steps=steps, batch_size=bs, lr=cfg.student_train.lr, log_every=steps)
-    teacher = load_model(build_model(cfg.teacher, cfg.data.num_classes), cfg.out_dir / "teacher.safetensors", "teacher")
-    teacher.eval().requires_grad_(False)
+    m = store.manifest
+    check_store_for(store, cfg, load_summary(cfg), cfg.out_dir / "teacher.safetensors")
+    samples = open_samples(cfg, m.dataset.splits)
+    labelled = open_samples(cfg, [cfg.data.train_split])
+    kind, bs, workers = samples.kind, cfg.student_train.batch_size, cfg.data.num_workers
+    tcfg = TrainConfig(steps=steps, batch_size=bs, lr=cfg.student_train.lr, log_every=steps, checkpoint_every=0)
+    teacher = load_teacher(cfg)[0]
 
     def student():
         torch.manual_seed(cfg.seed)  # same initial weights for every variant
-        return build_model(cfg.student, cfg.data.num_classes).train()
+        return build_model(cfg.student, m.num_classes, "student").train()
 
-    s_kd, s_ce, s_on = student(), student(), student()
-    kd, extra = kd_step(s_kd, cfg.distill, store, x_rows)
-    stream = BlockStream(store, bs, cfg.distill.shuffle_window, cfg.seed)
+    kd_batches = student_batches(store, samples, bs, cfg.distill.shuffle_window, cfg.seed, num_workers=workers)
+    probe = next(kd_batches)  # sizes the feature projector, as the stage's probe does
     variants = {
-        "cached KD": ([*s_kd.parameters(), *extra], kd_batches(stream, x_rows, y_rows, store), kd),
-        "hard labels": (list(s_ce.parameters()), random_batches(x_lab, y_lab, bs, cfg.seed), ce_step(s_ce)),
-        "online KD": (list(s_on.parameters()), random_batches(x_rows, y_rows, bs, cfg.seed),
-                      online_kd_step(s_on, teacher, cfg.distill.alpha, cfg.distill.temperature)),
+        "cached KD": (CachedKD(student(), kind, cfg.distill, m.features, probe), kd_batches),
+        "hard labels": (HardLabels(student(), kind), shuffled_batches(labelled, 0, bs, cfg.seed, num_workers=workers)),
+        "online KD": (OnlineKD(student(), teacher, kind, cfg.distill.alpha, cfg.distill.temperature),
+                      shuffled_batches(training_samples(cfg), 0, bs, cfg.seed, num_workers=workers)),
     }
 
     def trainer(name):
-        params, batches, step = variants[name]
-        return lambda: (fit(params, batches, step, tcfg, f"bench {name}"), steps * bs)[1]
+        module, batches = variants[name]
+        return lambda: (fit(module, lambda skip: batches, tcfg, f"bench {name}"), steps * bs)[1]
 
     fns = {name: trainer(name) for name in variants}
     for fn in fns.values():

@@ -4,6 +4,8 @@ blocks b % world == r and rank 0 finalises (samples.parquet, complete: true) onc
 Writes only a store this run folder's own pass created (kd_pipeline/ownership.py): any other store at
 cache.path is refused, before the teacher is even trained (preflight)."""
 
+import time
+
 import torch
 
 from kd_pipeline.cachepass import build_manifest, probe_features, teacher_pass
@@ -64,9 +66,13 @@ def run(cfg: PipelineConfig, dist) -> None:
     with writer:
         for old in writer.lock.taken_over:
             print(f"cache_teacher: took over the stale lock of pid {old.get('pid')} on {old.get('host')} (started {old.get('started_at')})")
+        todo = sum(stop - start for start, stop in map(writer.block_rows, writer.pending_blocks()))  # all ranks' rows
+        t0 = time.perf_counter()
         dist.together(lambda: teacher_pass(teacher, writer, layout, samples, samples.kind, cfg.cache.features,
                                            samples_per_batch(cfg, cfg.cache.batch_size), device, dtype, cfg.data.num_workers, cfg.seed, dist.rank, dist.world, views))
         if dist.is_main:
+            # every rank has finished here (`together` syncs them): the pass's rows/s without start-up (bench/processes.py)
+            print(f"cache_teacher: teacher pass: {todo} rows in {time.perf_counter() - t0:.3f} s, {dist.world} process(es)")
             if cfg.kind == "sequence" and cfg.data.val_split and not writer.manifest.complete:
                 recon = measure_reconstruction(teacher, writer.manifest, open_samples(cfg, [cfg.data.val_split]), cfg.sequence.recon_tokens,
                                                cfg.cache.batch_size, device, dtype, cfg.seed)
