@@ -8,7 +8,7 @@ peak RSS is what the pipeline itself keeps, never the data (100x = 9 GB of input
 hold). Splits at scale s: train 2,000 s (labelled), transfer 18,000 s, test 2,000 s. Teacher: MLP dim-32-10,
 student: MLP dim-16-10 (small, so the models do not hide the pipeline's own memory). Every stage runs as
 `kd run pipeline.yaml --set … --stage NAME` in a child process (PYTHONPATH = the repository, OMP_NUM_THREADS=1)
-whose peak RSS (`ru_maxrss` from `os.wait4`) is recorded: prepare_data, train_teacher (20 steps), the cache pass
+whose peak RSS (`ru_maxrss` from `os.wait4`, in a small launcher: tests/lazy_data.py says why) is recorded: prepare_data, train_teacher (20 steps), the cache pass
 (cache_teacher: every sample through the teacher into the store) and the student stage (train_student:
 `--steps` steps from the store, inputs fetched by sample id). Goal (issue 11): flat — the cache pass and the
 student stage at 100x within a few MB of 1x (the only per-sample state is ~1 byte per store sample while
@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from bench.common import PIPELINE, ROOT
+from tests.lazy_data import peak_rss_mb as child_peak_rss_mb
 
 KD = str(Path(sys.executable).with_name("kd"))
 BASE = {"train": 2_000, "transfer": 18_000, "test": 2_000}
@@ -47,13 +47,10 @@ def overrides(out: Path, scale: float, dim: int, steps: int) -> list[str]:
 def peak_rss_mb(sets: list[str], stage: str) -> float:
     """Runs one stage of `kd run` in a child process -> its peak RSS in MiB. Raises on a failed stage."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([KD, "run", str(PIPELINE), *[a for s in sets for a in ("--set", s)], "--stage", stage, "--force"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    code, out, mb = child_peak_rss_mb([KD, "run", str(PIPELINE), *[a for s in sets for a in ("--set", s)], "--stage", stage, "--force"], env)
+    if code != 0:
         raise RuntimeError(f"kd run --stage {stage} failed:\n{out[-3000:]}")
-    return usage.ru_maxrss / 1024  # KiB -> MiB (Linux)
+    return mb
 
 
 def run(root: Path, scales: list[float], dim: int = 1024, steps: int = 200, log=print) -> dict:

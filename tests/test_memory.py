@@ -4,11 +4,11 @@ dataset of 1.6 GB run in a child process whose peak RSS stays within 100 MB of t
 (an epoch's permutation of the labelled split; one byte per store sample while samples.parquet is checked)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import tiny_config, write_config
+from tests.lazy_data import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 KD = str(Path(sys.executable).with_name("kd"))
@@ -28,12 +28,10 @@ def _peak_rss_mb(tmp: Path, train: int, transfer: int, test: int) -> float:
     y = write_config(tmp / "p.yaml", cfg)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     stages = [a for s in ("prepare_data", "train_teacher", "cache_teacher", "train_student") for a in ("--stage", s)]
-    p = subprocess.Popen([KD, "run", str(y), *stages], env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
+    code, out, mb = peak_rss_mb([KD, "run", str(y), *stages], env, cwd=tmp)
+    assert code == 0, out
     assert (tmp / "run" / "student.safetensors").is_file()
-    return usage.ru_maxrss / 1024  # KiB -> MiB (Linux)
+    return mb
 
 
 def test_peak_rss_does_not_grow_with_the_dataset(tmp_path):
