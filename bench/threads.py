@@ -31,7 +31,7 @@ def kd(args: list[str], env: dict) -> str:
     r = subprocess.run([sys.executable, "-m", "kd_pipeline.cli", "run", str(PIPELINE), *args], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"kd run {' '.join(args)} failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
-    return r.stderr
+    return r.stdout  # the stage lines ("train_student: done in … s")
 
 
 def run(out: Path, steps: int, rounds: int, hogs: list[int], sets: list[str] = (), log=print) -> dict:

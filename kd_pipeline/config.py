@@ -404,10 +404,9 @@ def _check_against_store(cfg: PipelineConfig, src) -> None:
         return
     p = "distill.temperature"
     also = "" if list(cfg.cache.temperatures) == list(m.temperatures) else f" nor of cache.temperatures {list(cfg.cache.temperatures)}"
-    raise ConfigError(
-        f"{src(p)}: {p}: {tau} is not one of the temperatures of the store at {cfg.cache_path} {list(m.temperatures)}{also}; "
-        "add it to cache.temperatures (the teacher pass then rebuilds the store)"
-    )
+    fix = ("choose one of them: a received store's temperatures are fixed (its producer can make one with this τ)" if cfg.consumer
+           else "add it to cache.temperatures (the teacher pass then rebuilds the store)")
+    raise ConfigError(f"{src(p)}: {p}: {tau} is not one of the temperatures of the store at {cfg.cache_path} {list(m.temperatures)}{also}; {fix}")
 
 
 def _check_distill(cfg: PipelineConfig, src) -> None:

@@ -15,7 +15,7 @@ stage to use them. The store is only read: nothing of the consumer's is ever wri
 from __future__ import annotations
 
 from .config import PipelineConfig
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, NoStoreError, StoreError
 from .store.format import Manifest
 from .store.reader import read_manifest
 
@@ -55,7 +55,12 @@ def resolve_consumer(cfg: PipelineConfig, raw: dict, src) -> PipelineConfig:
             raise ConfigError(f"{src(p)}: {p}: used by the teacher pass only, and a pipeline without a teacher has none; remove it "
                               f"(or add a teacher section to cache your own teacher into a new cache.path)")
     declared = [p for p in DECLARED if _given(raw, p)]  # checked before reading the store: no value is needed to refuse
-    m = read_manifest(cfg.cache_path)[0]
+    try:
+        m = read_manifest(cfg.cache_path)[0]
+    except NoStoreError:
+        p = "cache.path"
+        raise ConfigError(f"{src(p)}: {p}: {cfg.cache_path} holds no store (no zarr.json); a pipeline without a teacher "
+                          "trains from a store a teacher pass made: point cache.path at that folder (or URL)") from None
     if declared:
         p = declared[0]
         raise ConfigError(f"{src(p)}: {p}: the store's manifest declares it ({DECLARED[p](m)!r} in {cfg.cache_path}); "

@@ -14,5 +14,9 @@ class StoreError(KDError):
     pass
 
 
+class NoStoreError(StoreError):
+    """A path that holds no store at all (no zarr.json): callers that know why the user pointed there say more."""
+
+
 class DataError(KDError):
     pass

@@ -68,9 +68,12 @@ def load_trained(run: Path, cfg: PipelineConfig, name: str) -> nn.Module:
     from safetensors import safe_open
 
     ckpt = run / f"{name}.safetensors"
+    component = getattr(cfg, MODELS[name])
+    if component is None:  # a consumer run: it trained from a received store; the teacher stayed with its producer
+        raise KDError(f"{run}: no {name} in this run folder: its pipeline has no {name} section (it trained from a received store); "
+                      f"export the student or the baseline")
     if not ckpt.is_file():
         raise KDError(f"{ckpt}: no {name} checkpoint; run `kd run` first")
-    component = getattr(cfg, MODELS[name])
     want = json.loads(json.dumps({"factory": component.factory, "kwargs": component.kwargs}))
     try:
         with safe_open(str(ckpt), "pt") as f:
@@ -283,10 +286,10 @@ def _report(run, cfg, name, ts, figures, lat, files, tolerance, min_agreement) -
 
 def render(report: dict) -> None:
     """The figures as one table on stdout."""
-    from rich.console import Console
+    from .progress import make_console
     from rich.table import Column, Table
 
-    c = Console()
+    c = make_console()
     chk = report["check"]
     c.print(f"[bold]{report['run']}[/bold]  {report['model']} -> ONNX opset {report['opset']} ({report['exporter']})")
     c.print(f"onnxruntime vs torch on {report['test_split']}: {report['compared']:,} {report['unit']}")

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from .progress import make_console
 from .store import CacheStore, open_store
 from .store.values import decode_values
 
@@ -105,7 +105,7 @@ def describe(path) -> dict:
 
 def render(info: dict) -> None:
     m = info["manifest"]
-    c = Console()
+    c = make_console()
     state = "[green]complete[/green]" if m["complete"] else "[red]INCOMPLETE[/red]"
     c.print(f"[bold]{info['path']}[/bold]  {m['format']} v{m['version']}  {m['kind']}  {state}")
     c.print(

@@ -26,9 +26,10 @@ from .summary import human_bytes, manifest_bytes_per_row
 def make_plan(cfg: PipelineConfig, only: list[str] = (), probe_batches: int = 3) -> dict:
     """-> {"pipeline", "stages": [{"stage", "runs", "why": [...]}], "store": {...} | None, "probe": {...} | None}.
     Runs prepare_data first when it is not up to date (its row says so)."""
-    from .runner import pipeline_stages, run_pipeline, stale_reasons
+    from .runner import pipeline_stages, preflight, run_pipeline, stale_reasons
 
     stages = pipeline_stages(cfg, only)
+    preflight(cfg, stages, only)  # what kd run would refuse before any stage, the plan refuses too
     ran_now = stale_reasons(cfg, stages[0])  # prepare_data: the data check; the store's rows come from its summary
     if ran_now:
         run_pipeline(cfg, only=["prepare_data"])

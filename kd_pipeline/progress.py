@@ -17,12 +17,14 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich import get_console
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
 from .errors import KDError
 
 INTERVAL_ENV = "KD_PROGRESS_INTERVAL"
+LOG_WIDTH = 200  # columns when the output is not a terminal: rich's default there, 80, splits values mid-line
 DEFAULT_INTERVAL = 10.0  # seconds between plain progress lines when the output is not a terminal
 
 
@@ -100,6 +102,15 @@ def _plain_lines(desc: str, total: int, unit: str) -> Iterator[Callable[[int, in
         stop.set()
         reporter.join()
     print(line("done"), file=sys.stdout, flush=True)  # not after an exception: the error says what happened
+
+
+def make_console() -> Console:
+    """A rich console on stdout (stage lines, tables and progress all in one stream, so `| tee run.log` keeps
+    them together); when stdout is not a terminal and $COLUMNS is not set, LOG_WIDTH columns wide."""
+    c = Console()
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(width=LOG_WIDTH)
+    return c
 
 
 def interval() -> float:

@@ -132,7 +132,7 @@ def markdown(cfg: PipelineConfig, metrics: dict, curves: dict, store: dict | Non
             v = r[s]
             agree = "-" if v.get("agreement_with_teacher") is None else f"{100 * v['agreement_with_teacher']:.1f}%"
             lines.append(f"| {display_name(n)} | {s} | {100 * v['accuracy']:.2f}% | {v['cross_entropy']:.3f} | {v['perplexity']:.2f} | "
-                         f"{agree} | {r['parameters']:,} | {r['bytes_on_disk'] or '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
+                         f"{agree} | {r['parameters']:,} | {format(r['bytes_on_disk'], ',') if r['bytes_on_disk'] else '-'} | {r['latency_ms_per_sample_cpu']:.3f} |")
     lines += ["", "## Plots", "", "![validation curves, loss terms, accuracy vs size and latency, teacher confidence](report.png)", "",
               *curve_notes(cfg, curves), ""]
     return lines + store_lines(fs)

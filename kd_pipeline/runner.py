@@ -25,12 +25,12 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from rich.console import Console
 
 from .checkpoint import file_sha256
 from .config import PipelineConfig
 from .distributed import Dist
 from .errors import ConfigError
+from .progress import make_console
 
 STAGES = (  # every pipeline's stages, in order, for both kinds (what differs is in kd_pipeline/kinds.py)
     "stages.prepare_data",
@@ -42,7 +42,7 @@ STAGES = (  # every pipeline's stages, in order, for both kinds (what differs is
     "stages.evaluate",
 )
 
-console = Console(stderr=True)
+console = make_console()
 
 
 def load_stages() -> list[ModuleType]:
@@ -219,6 +219,14 @@ def pipeline_stages(cfg: PipelineConfig, only: list[str] = ()) -> list[ModuleTyp
     return stages
 
 
+def preflight(cfg: PipelineConfig, stages: list[ModuleType], only) -> None:
+    """The checks stages declare (preflight(cfg)) for what no stage may start without, e.g. a cache.path that
+    holds a user's folder or another run's store: refused before hours of teacher training, not after."""
+    for stage in stages:
+        if hasattr(stage, "preflight") and (not only or stage.NAME in only):
+            stage.preflight(cfg)
+
+
 def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False, dist: Dist | None = None,
                  timings: list[dict] | None = None) -> list[str]:
     """Runs the stages in order (only those named in `only`, if given); returns the names that ran.
@@ -229,9 +237,7 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] = (), force: bool = False,
     if cfg.threads:  # 0 = leave torch's default; for this whole process (see config.PipelineConfig.threads)
         torch.set_num_threads(cfg.threads)
     stages = pipeline_stages(cfg, only)
-    for stage in stages:
-        if hasattr(stage, "preflight") and (not only or stage.NAME in only):
-            stage.preflight(cfg)
+    preflight(cfg, stages, only)
     dist = dist or Dist.from_env(cfg.cache.device)
     ran = []
     if dist.is_main:

@@ -57,8 +57,10 @@ def check_sweep(cfg: PipelineConfig, taus: list[float]) -> None:
     declared = list(m.temperatures) if cfg.consumer and m is not None else list(cfg.cache.temperatures)
     for t in taus:
         if find_temperature(declared, t) is None:
+            fix = ("a received store's temperatures are fixed" if cfg.consumer
+                   else "add it to cache.temperatures, which rebuilds the store")
             raise ConfigError(f"--tau {t:g}: not one of the store's temperatures {declared} (the teacher pass stores the "
-                              "exact tail for those alone); add it to cache.temperatures, which rebuilds the store")
+                              f"exact tail for those alone); {fix}")
 
 
 def cell_name(tau: float, alpha: float) -> str:
@@ -136,7 +138,8 @@ def run_sweep(cfg: PipelineConfig, taus: list[float], alphas: list[float], jobs:
     own_baseline = is_fresh(cfg, baseline_stage)
     if not own_baseline:
         jobs_list.append((cell_config(cfg, folder / "baseline"), "train_baseline"))
-    log(f"sweep: {len(taus) * len(alphas)} KD students (τ {', '.join(f'{t:g}' for t in taus)} × α {', '.join(f'{a:g}' for a in alphas)}) "
+    n = len(taus) * len(alphas)
+    log(f"sweep: {n} KD student{'s' if n != 1 else ''} (τ {', '.join(f'{t:g}' for t in taus)} × α {', '.join(f'{a:g}' for a in alphas)}) "
         f"from {cfg.cache_path}, {jobs} worker process{'es' if jobs > 1 else ''}; logs in {folder}/<cell>/cell.log")
     results = []
     if jobs == 1:

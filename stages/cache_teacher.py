@@ -19,6 +19,7 @@ from kd_pipeline.models import check_output
 from kd_pipeline.ownership import RunOwner
 from kd_pipeline.prepare import SUMMARY, data_dir, load_summary, open_samples, samples_per_batch, store_layout
 from kd_pipeline.store import CacheWriter
+from kd_pipeline.store.files import refuse_foreign
 from kd_pipeline.store.location import FsPath
 from kd_pipeline.store.writer import existing_manifest
 from kd_pipeline.views import Views, build_views
@@ -38,11 +39,14 @@ def outs(cfg: PipelineConfig):
 
 
 def preflight(cfg: PipelineConfig) -> None:
-    """Before any stage runs: a read-only store location, or a store this run folder did not create, is refused."""
+    """Before any stage runs: a read-only store location, a folder that is not a store, or a store this run folder
+    did not create, is refused."""
     path = cfg.cache_path
     if isinstance(path, FsPath):
         path._writable()
     existing = existing_manifest(path)
+    if existing is None and not isinstance(path, FsPath):
+        refuse_foreign(path)
     owner = RunOwner(cfg.out_dir, cfg.teacher)
     if existing is not None and not owner.owns(path, existing):
         raise StoreError(owner.refusal(path, existing, None, config_differences(cfg, existing)))

@@ -33,3 +33,24 @@ def test_a_bad_interval_is_one_error_line(tmp_path):
     r = CliRunner().invoke(app, ["run", str(p), "--stage", "train_teacher"], env={"KD_PROGRESS_INTERVAL": "soon"})
     assert r.exit_code == 2
     assert r.output.splitlines() == ["error: KD_PROGRESS_INTERVAL=soon: expected seconds between progress lines, > 0"]  # before any stage
+
+
+def test_piped_output_keeps_stage_lines_and_long_lines_whole(tiny_run, tmp_path):
+    """`kd … | tee log`: stage lines go to stdout with the progress and the summary, and a line longer than 80
+    columns is not folded (rich's width for a non-terminal)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kd_pipeline.config import load_config
+
+    kd = str(Path(sys.executable).with_name("kd"))
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run"))
+    r = subprocess.run([kd, "run", str(p), "--stage", "prepare_data"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "prepare_data: done in" in r.stdout and "prepare_data" not in r.stderr
+    r = subprocess.run([kd, "inspect", str(load_config(tiny_run).cache_path)], capture_output=True, text=True, env=env)
+    head = [x for x in r.stdout.splitlines() if x.startswith("rows ")]
+    assert len(head) == 1 and len(head[0]) > 80 and head[0].rstrip().endswith(("ids plain", "ids packed")), r.stdout

@@ -100,3 +100,17 @@ def test_student_with_an_incomplete_store_through_the_cli(copied_run, tmp_path):
     write_manifest(copied_run / "cache", {**meta, "complete": False})
     msg = _student(tmp_path, copied_run)
     assert msg.endswith("store is incomplete (complete: false); rerun the cache_teacher stage to finish it")
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_cache_path_holding_a_users_files_is_refused_before_the_teacher_trains(command, tmp_path):
+    """Found only at the teacher pass, after hours of teacher training, it would cost those hours: kd plan and
+    kd run refuse it before any stage, and leave the folder as it was (no lock files)."""
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("my notes")
+    p = write_config(tmp_path / "p.yaml", tiny_config(tmp_path / "run", **{"cache.path": str(folder)}))
+    msg = one_error_line(runner.invoke(app, [command, str(p)]))
+    assert msg == f"{folder}: exists and is not a kd-cache store (holds ['notes.txt', 'sub']); choose another cache.path or empty it yourself"
+    assert sorted(x.name for x in folder.iterdir()) == ["notes.txt", "sub"]
+    assert not (tmp_path / "run" / "teacher.safetensors").exists() and not (tmp_path / "run" / "data").exists()

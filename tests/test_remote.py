@@ -94,7 +94,7 @@ def test_an_error_message_never_shows_a_secret(s3, s3_run, tmp_path):
     d = consumer_config(tmp_path / "run", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
     d["cache"]["storage_options"] = {"secret": secret, "key": "k"}
     msg = one_error_line(runner.invoke(app, ["run", str(write_config(tmp_path / "c.yaml", d))]))
-    assert "no store here" in msg and secret not in msg
+    assert "holds no store" in msg and secret not in msg
 
 
 def test_flipped_byte_in_an_s3_chunk_is_refused(s3, s3_run, tmp_path):

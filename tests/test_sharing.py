@@ -215,7 +215,9 @@ def test_consumer_refuses_keys_the_manifest_declares(received, tmp_path, key, va
 def test_consumer_needs_a_store(tmp_path):
     d = consumer_config(tmp_path / "run", tmp_path / "nothing")
     p = write_config(tmp_path / "c.yaml", d)
-    assert one_error_line(runner.invoke(app, ["run", str(p)])) == f"{tmp_path / 'nothing'}: no store here (no zarr.json); run the cache_teacher stage first"
+    assert one_error_line(runner.invoke(app, ["run", str(p)])) == (
+        f"{p}: cache.path: {tmp_path / 'nothing'} holds no store (no zarr.json); a pipeline without a teacher trains from a store "
+        "a teacher pass made: point cache.path at that folder (or URL)")
     d["cache"] = {}
     assert one_error_line(runner.invoke(app, ["run", str(write_config(p, d))])) == f"{p}: cache.path: required for a pipeline without a teacher (the store to train from)"
 
@@ -239,3 +241,19 @@ def test_store_metrics_equal_the_live_teachers(tiny_run):
     for name in ("student", "baseline"):
         assert fs["models"][name]["agreement_with_teacher"] == live[name]["test"]["agreement_with_teacher"]
         assert fs["models"][name]["accuracy"] == live[name]["test"]["accuracy"]
+
+
+def test_consumer_advice_never_asks_for_a_teacher_pass(received, tmp_path):
+    """What a consumer is told to do is something a consumer can do: choose among the store's temperatures,
+    export a student (its run folder has no teacher)."""
+    d = consumer_config(tmp_path / "run", received, **{"distill.temperature": 2.0})
+    msg = one_error_line(runner.invoke(app, ["run", str(write_config(tmp_path / "c.yaml", d))]))
+    assert msg.endswith("2.0 is not one of the temperatures of the store at " + f"{received} [1.0, 4.0]; choose one of them: "
+                        "a received store's temperatures are fixed (its producer can make one with this τ)"), msg
+    assert "cache.temperatures" not in msg
+    d = consumer_config(tmp_path / "run", received, **{"student_train.steps": 3, "distill.temperature": 4.0})
+    p = write_config(tmp_path / "c.yaml", d)
+    assert runner.invoke(app, ["run", str(p), "--stage", "prepare_data", "--stage", "train_student"]).exit_code == 0
+    msg = one_error_line(runner.invoke(app, ["export", str(tmp_path / "run"), "--model", "teacher"]))
+    assert msg == (f"{tmp_path / 'run'}: no teacher in this run folder: its pipeline has no teacher section (it trained from a "
+                   "received store); export the student or the baseline")

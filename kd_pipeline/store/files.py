@@ -73,14 +73,24 @@ def _own(name: str) -> bool:
     return name in OWN_NAMES or name.startswith("_lock") or name.endswith(".partial") or (name.startswith(".") and name.endswith(".tmp"))
 
 
-def clear_for_create(path: Path) -> None:
-    """Empty a folder before creating a store in it; refuse if it holds anything a store would not."""
+def refuse_foreign(path: Path) -> None:
+    """StoreError if `path` exists and holds anything a store would not (a user's folder, a file): a store is
+    never created over it. A missing path, an empty folder or a store's own files pass."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreError(f"{path}: exists and is a file, not a kd-cache store; choose another cache.path")
     foreign = [p.name for p in path.iterdir() if not _own(p.name)]
     if foreign:
         raise StoreError(
             f"{path}: exists and is not a kd-cache store (holds {sorted(foreign)[:3]}); "
             f"choose another cache.path or empty it yourself"
         )
+
+
+def clear_for_create(path: Path) -> None:
+    """Empty a folder before creating a store in it; refuse if it holds anything a store would not."""
+    refuse_foreign(path)
     for p in path.iterdir():
         if p.name.startswith("_lock"):
             continue  # held by us

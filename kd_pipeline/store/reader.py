@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.core.sync import sync as zarr_sync
 
-from ..errors import StoreError
+from ..errors import NoStoreError, StoreError
 from .format import ATTR, MARKERS, SAMPLES, Manifest, parse_manifest
 from .location import FsPath, as_location, redact, zarr_location
 from .markers import mismatched, read_all_markers, samples_sha256
@@ -165,7 +165,7 @@ def read_manifest(path, allow_incomplete: bool = False) -> tuple[Manifest, "zarr
     except Exception as e:  # a remote store that cannot be reached: endpoint, credentials, bucket
         raise StoreError(redact(f"{where}: cannot read the store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")) from e
     if not found:
-        raise StoreError(f"{where}: no store here (no zarr.json); run the cache_teacher stage first")
+        raise NoStoreError(f"{where}: no store here (no zarr.json); run the cache_teacher stage first")
     if size > MAX_ZARR_JSON:
         raise StoreError(f"{where}/zarr.json: larger than {MAX_ZARR_JSON} bytes; not a kd-cache manifest")
     try:
