@@ -63,7 +63,9 @@ class CacheWriter:
         self.manifest = manifest
         self.group = group
         self.specs = manifest.array_specs()
-        self.arrays = {name: group[name] for name in self.specs}
+        # write_empty_chunks: zarr would compare every chunk with the fill value to skip all-zero ones (a pass over
+        # each block for a file that readers treat the same either way)
+        self.arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.specs}
         self.lock: StoreLock | None = None
 
     def __enter__(self) -> "CacheWriter":
@@ -346,7 +348,7 @@ def span_table(names: list[str], span, labels: np.ndarray | None) -> pa.Table:
     return pa.table(
         {
             "sample_id": pa.array(span.sample_id, pa.int64()),
-            "split": pa.array([names[t] for t in span.split.tolist()], pa.string()),
+            "split": pa.array(names, pa.string()).take(pa.array(span.split, pa.int64())),
             "row": pa.array(span.row0, pa.int64()),
             "num_rows": pa.array(span.num_rows, pa.int64()),
             "label": pa.array(lab, pa.int64(), mask=lab < 0),
