@@ -78,7 +78,14 @@ class BlockStream:
                 yield mine[i : i + self.window]
 
     def _read(self, blocks: list[int]) -> tuple[dict, dict]:
-        """-> (rows: array name -> (n, ...) for the rows the window's samples cover, units: UNIT_KEYS -> (u,))."""
+        """-> (rows: array name -> (n, ...) for the rows the window's samples cover, features float32, units:
+        UNIT_KEYS -> (u,))."""
+        parts, units = self._read_parts(blocks)
+        return (_float32(_cat(parts)) if parts else {}), units
+
+    def _read_parts(self, blocks: list[int]) -> tuple[list[dict], dict]:
+        """`_read`, its rows left as one part per block (joined once, with the previous window's left-overs, in
+        `_shuffled`) and features in their stored dtype (converted after the shuffle: half the bytes moved)."""
         C = self.store.manifest.chunk_rows
         cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -91,8 +98,6 @@ class BlockStream:
             a["values"] = decode_values(a, m.values_scheme)
             for k in ("topk_indices", "topk_logits", "value_scale"):
                 a.pop(k, None)
-            for k in [k for k in a if k.startswith("features/")]:  # torch converts float16 ~4x faster than numpy
-                a[k] = torch.from_numpy(a[k]).float().numpy() if a[k].dtype != np.float32 else a[k]
             if self.kl_tau is not None:
                 ti = temperature_index(tuple(m.temperatures), self.kl_tau)
                 kl = teacher_terms(torch.from_numpy(a["values"]), torch.from_numpy(a["lse"][:, ti : ti + 1]), self.kl_tau)
@@ -122,8 +127,8 @@ class BlockStream:
                           "start": s["row"] - r0 + n, "num_rows": s["num_rows"]})
             n += r1 - r0
         if not rows:
-            return {}, {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
-        rows, units = _cat(rows), _cat(units)
+            return [], {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
+        units = _cat(units)
         if self.inputs is not None:  # the window's inputs in one gather per split, off the training thread
             units["x"] = self.inputs.__getitems__((units["split"], units["sample_id"]))["x"].numpy()
         return rows, units
@@ -132,14 +137,15 @@ class BlockStream:
         """Windows in order, each with the previous one's left-over samples, shuffled and gathered once:
         (rows, units, full) whose first `full` samples are the window's batches, each `batch_size` consecutive
         samples (and their rows, consecutive too). Runs in one thread: the permutations are drawn in order."""
-        carry = None
-        for rows, units in read_ahead(self._read, self._windows(), self.read_ahead):
+        carry = None  # the previous window's left-over samples (rows in stored dtypes)
+        for parts, units in read_ahead(self._read_parts, self._windows(), self.read_ahead):
             if carry is not None:
-                rows, units = _merge(carry, (rows, units))
+                parts, units = _merge(carry, parts, units)
+            rows = _cat(parts) if parts else {}  # the window's one copy before the shuffle
             n = len(units["split"])
             rows, units = _subset(rows, units, self.row_rng.permutation(n))  # one gather per array per window
             full = n // self.batch_size * self.batch_size
-            yield rows, units, full
+            yield _float32(rows), units, full
             carry = _slice(rows, units, full, n) if full < n else None
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
@@ -180,13 +186,17 @@ def _slice(rows: dict, units: dict, i: int, j: int) -> tuple[dict, dict]:
     return {k: v[r0:r1] for k, v in rows.items()}, u
 
 
-def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
-    if not b[1]["split"].size:
-        return a
-    n = len(next(iter(a[0].values())))  # rows of a
-    rows = {k: np.concatenate([a[0][k], b[0][k]]) for k in b[0]}
-    units = {k: np.concatenate([a[1][k], b[1][k] + (n if k == "start" else 0)]) for k in b[1]}
-    return rows, units
+def _merge(carry: tuple[dict, dict], parts: list[dict], units: dict) -> tuple[list[dict], dict]:
+    """Left-over samples (rows, units) put before a window's (row parts, units): units' starts shifted."""
+    if not units["split"].size:
+        return [carry[0]], carry[1]
+    n = int(carry[1]["start"][-1] + carry[1]["num_rows"][-1])  # rows of the carry
+    return [carry[0], *parts], {k: np.concatenate([carry[1][k], units[k] + (n if k == "start" else 0)]) for k in units}
+
+
+def _float32(rows: dict) -> dict:
+    """Features as float32 (what Targets carry; torch converts float16 ~4x faster than numpy)."""
+    return {k: torch.from_numpy(v).float().numpy() if k.startswith("features/") and v.dtype != np.float32 else v for k, v in rows.items()}
 
 
 def _student_batch(rows: dict, units: dict, store: CacheStore, kl_tau: float | None = None) -> dict:
