@@ -57,7 +57,7 @@ class MemmapStore:
 
     def __init__(self, store, folder: Path):
         self.manifest, self.samples, self.num_blocks = store.manifest, store.samples, store.num_blocks
-        self.block_rows, self.check_block = store.block_rows, store.check_block
+        self.block_rows, self.check_block, self.path = store.block_rows, store.check_block, store.path
         self.arrays = {}
         for name, a in store.arrays.items():
             np.save(folder / f"{name}.npy", a[:])
@@ -66,6 +66,10 @@ class MemmapStore:
     def read_block(self, b):
         s, e = self.block_rows(b)
         return {k: np.array(v[s:e]) for k, v in self.arrays.items()}
+
+    def read_blocks(self, blocks, names=None):
+        """CacheStore.read_blocks (what the stream calls since issue 11)."""
+        return {b: {k: v for k, v in self.read_block(b).items() if names is None or k in names} for b in blocks}
 
 
 def kd_module(student, V: int) -> CachedKD:

@@ -7,7 +7,9 @@ worker threads (2; 4 for a remote store, where each chunk is a request) (whole c
 `CacheStore.check_block`), together with
 the samples that start in them (samples.parquet, by row group); those samples are shuffled together and cut
 into batches of `batch_size` samples; left-overs carry into the next window, so every sample is seen once per
-pass and batches are full. A batch's targets come from the window's arrays (read once per block). Its inputs
+pass and batches are full. The shuffle runs in one more background thread, window after window (so the
+permutations are drawn in the same order whatever the threads' timing): each window is gathered once in its
+shuffled order, and a batch is then a slice of it. A batch's targets come from the window's arrays (read once per block). Its inputs
 come from the store too for a sequence (the tokens), or, for classification, from the dataset by sample id:
 the batch's (split, sample id) go to a DataLoader whose workers fetch them (`data.num_workers`), while the
 targets wait in a queue in the same order.
