@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..crashpoints import pause_point
@@ -24,7 +25,8 @@ from ..errors import StoreError
 from .format import ATTR, CORE_ARRAYS, MARKERS, ROW_ARRAYS, SAMPLES
 from .location import FsPath
 
-SAMPLES_MARKER = "samples.json"  # _markers/samples.json: sha256 of samples.parquet
+SAMPLES_MARKER = "samples.json"
+SYNC_THREADS = 16  # fsyncs in flight at once in sync_all  # _markers/samples.json: sha256 of samples.parquet
 # Everything a store folder may hold; anything else means the folder is not ours to delete.
 OWN_NAMES = {"zarr.json", SAMPLES, MARKERS, "features", *CORE_ARRAYS, *ROW_ARRAYS}
 
@@ -72,18 +74,20 @@ def write_manifest(path: Path, manifest: dict, pause: str | None = None) -> None
 
 def sync_all(files: list[Path], root: Path) -> None:
     """fsync each file, then each folder from its parent up to `root` (which hold the names), each once: what a
-    power loss may then not take back. Nothing on an object store (a PUT that returned is durable)."""
+    power loss may then not take back. Nothing on an object store (a PUT that returned is durable). The fsyncs
+    are issued together from a few threads (fsync releases the GIL): the file system commits its journal for
+    all those in flight at once, where one after another each paid a commit (~2.5 ms here)."""
     if isinstance(root, FsPath):
         return
     folders: dict[Path, None] = {root: None}
     for f in files:
-        fsync_file(f)
         d = f.parent
         while d != root and root in d.parents:
             folders[d] = None
             d = d.parent
-    for d in folders:
-        fsync_file(d)
+    with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
+        list(pool.map(fsync_file, files))  # the files' bytes and inodes first,
+        list(pool.map(fsync_file, folders))  # then the entries that name them
 
 
 def chunk_files(path: Path, name: str, b: int, ndim: int) -> list[Path]:
