@@ -97,6 +97,19 @@ def test_kill9_then_rerun_equals_uninterrupted(point, zygote, tiny_run, fresh_ru
     st.close()
 
 
+def test_a_power_loss_after_the_kill_is_caught_on_resume(zygote, tiny_run, fresh_run, tmp_path, capsys):
+    """Blocks are not fsynced one by one: after a power loss a marker may be on disk while its block's bytes are
+    not. The rerun's writer checks the marked blocks, recomputes that one, and says so."""
+    reference = load_config(tiny_run).cache_path
+    cfg = load_config(fresh_run)
+    store = cfg.cache_path
+    kill9(start_paused(zygote, fresh_run, "block_chunks:3", "cache_teacher", tmp_path))  # blocks 0..2 marked
+    _chunk(store, "lse", 1).write_bytes(b"")  # block 1's marker reached the disk, its lse chunk did not
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert "cache_teacher: 1 finished block(s) did not match their markers (first: block 1): recomputing them" in capsys.readouterr().out
+    same_store(store, reference)
+
+
 def test_sharded_writers_share_the_store_but_not_a_shard(tmp_path):
     from tests.test_store import manifest
 
@@ -159,7 +172,7 @@ def test_sharded_writer_clears_a_dead_unsharded_writers_lock_info(tmp_path):
         assert f"pid {os.getpid()}" in str(e.value) and "(shard 1/2)" in str(e.value) and "999999" not in str(e.value)
 
 
-def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path, capsys):
+def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path):
     """Blocks are not fsynced one by one, so a power loss may keep a marker whose block's bytes (or samples part)
     never reached the disk, or a marker file that is empty. A writer resuming the store checks each marked block
     against its marker and recomputes those that fail; what is then finalized equals an uninterrupted store."""
@@ -193,10 +206,9 @@ def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path, capsys)
     ids[512:768] = np.zeros((256, 3), ids.dtype)  # block 2 stale: the zeros a lost write leaves
     samples_part_path(s, 3).write_bytes(b"x")  # block 3's samples part lost
     with CacheWriter.open(s, m, shard=1, num_shards=2) as w:  # a shard checks its own blocks only
-        assert w.pending_blocks(1, 2) == [1, 3]
-    assert "2 marked block(s) did not match their markers (first: block 1" in capsys.readouterr().out
+        assert w.dropped == [1, 3] and w.pending_blocks(1, 2) == [1, 3]
     with CacheWriter.open(s, m) as w:
-        assert w.pending_blocks() == [0, 1, 2, 3]
+        assert w.dropped == [0, 2] and w.pending_blocks() == [0, 1, 2, 3]
     write(s, True)  # resumes: recomputes 0..3 and finalizes
     st, ref = open_store(s), open_store(tmp_path / "full")
     for b in range(st.num_blocks):

@@ -67,6 +67,7 @@ class CacheWriter:
         # each block for a file that readers treat the same either way)
         self.arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.specs}
         self.lock: StoreLock | None = None
+        self.dropped: list[int] = []  # marked blocks that failed their check when this writer resumed the store
 
     def __enter__(self) -> "CacheWriter":
         return self
@@ -114,7 +115,7 @@ class CacheWriter:
             group = zarr.open_group(zarr_location(path, read_only=False), mode="r+", zarr_format=3)
             writer = cls(path, existing, group)
             if not existing.complete:
-                writer.drop_unsound_markers(shard, num_shards)
+                writer.dropped = writer.drop_unsound_markers(shard, num_shards)
             return writer
         if not create:
             raise StoreError(f"{path}: no store with matching parameters to resume")
@@ -246,9 +247,6 @@ class CacheWriter:
         dropped = [b for b in marked if not self._block_sound(b)]
         for b in dropped:
             self.marker_path(b).unlink(missing_ok=True)
-        if dropped:
-            print(f"{self.path}: {len(dropped)} marked block(s) did not match their markers (first: block {dropped[0]}; "
-                  f"a power loss before the store was finalized?): recomputing them")
         return dropped
 
     def _block_sound(self, b: int) -> bool:
