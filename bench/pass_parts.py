@@ -6,19 +6,21 @@ over the store's rows, next to the whole pass — what `bench.teacher_pass`'s ra
     .venv/bin/python -m bench.pass_parts --no-fsync       # what the store's fsyncs cost (diagnosis only)
 
 Parts, each over every block of a fresh store (30,000 rows for pipeline.yaml), in the pass's batches:
-- layout: `Layout.overlapping` of every block (the pass calls it twice per block: once for the DataLoader's
-  keys, once for the block's rows);
+- layout: `Layout.overlapping` of every block (once per block since issue 11d: the DataLoader's keys hand each
+  block's span on to the loop; twice before);
 - fetch: the samples by (split, sample id) through `batch_loader` (the DataLoader, in this process as with
   data.num_workers 0);
 - forward: `teacher(x)` with the cached features' hooks, under inference_mode, inputs already fetched
   (the bare forward of bench.teacher_pass, plus the hooks);
 - targets: `teacher_rows` (relative top-k + lse) per batch, the block's rows concatenated, `encode_targets`,
   features cast, `to_host` (ids coded);
-- write: `CacheWriter.write_block` (zarr chunks, sha256, fsync, samples.parquet part, marker) of every block;
+- write: `CacheWriter.write_block` (zarr chunks, sha256, samples.parquet part, marker) of every block;
+- finalize: `CacheWriter.finalize` of that store (every block's files fsynced, samples.parquet assembled from the
+  parts, `complete: true`): once per store, and not part of bench.teacher_pass's ratio;
 - whole pass: `cachepass.teacher_pass` (the writes overlap the next block's compute in a writer thread).
-Every `os.fsync` is counted and timed (the writer flushes each chunk, samples part and marker, and the folder
-after each rename); `--no-fsync` replaces it by a no-op in this process to show what durability costs —
-never a setting of the pipeline.
+Every `os.fsync` is counted and timed (since issue 11d the writer syncs a store's blocks once, at finalize;
+before, each chunk, samples part and marker, and the folder after each rename, per block); `--no-fsync` replaces
+it by a no-op in this process to show what durability costs — never a setting of the pipeline.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from kd_pipeline.store import CacheWriter
 from kd_pipeline.store.values import encode_targets, to_host
 from kd_pipeline.store.writer import span_table
 from kd_pipeline.targets import teacher_rows
+
+
+PART: list[str | None] = [None]  # the part being timed
 
 
 def measure(cfg, repeats: int, workdir: Path) -> dict[str, float]:
@@ -106,22 +111,27 @@ def measure(cfg, repeats: int, workdir: Path) -> dict[str, float]:
     def write_part():
         for b, (arr, t) in enumerate(zip(arrays, tables)):
             writer[0].write_block(b, arr, t)
-        writer[0].close()
+
+    def finalize_part():  # the store the write part just wrote
+        writer[0].finalize()
 
     def whole_pass():
         teacher_pass(teacher, writer[0], layout, samples, kind, feats, bs, cpu, torch.float32, cfg.data.num_workers, cfg.seed)
         writer[0].close()
 
     parts = {"layout": (layout_part, None), "fetch": (fetch_part, None), "forward": (forward_part, None),
-             "targets": (targets_part, None), "write": (write_part, fresh), "whole pass": (whole_pass, fresh)}
+             "targets": (targets_part, None), "write": (write_part, fresh), "finalize": (finalize_part, None),
+             "whole pass": (whole_pass, fresh)}
     times: dict[str, list[float]] = {k: [] for k in parts}
     for _ in range(repeats):
         for name, (fn, setup) in parts.items():
             if setup is not None:
                 writer[0] = setup()
+            PART[0] = name  # what os.fsync calls are charged to (main)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            PART[0] = None
     return {k: statistics.median(v) for k, v in times.items()} | {"rows": m.num_rows}
 
 
@@ -131,14 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-fsync", action="store_true", help="os.fsync a no-op in this process (diagnosis only)")
     a = ap.parse_args(argv)
     apply_threads(a)
-    fsync, calls = os.fsync, [0, 0.0]
+    fsync, calls = os.fsync, {}  # part -> [calls, seconds]
 
     def timed_fsync(fd: int) -> None:
         t0 = time.perf_counter()
         if not a.no_fsync:
             fsync(fd)
-        calls[0] += 1
-        calls[1] += time.perf_counter() - t0
+        c = calls.setdefault(PART[0], [0, 0.0])
+        c[0] += 1
+        c[1] += time.perf_counter() - t0
 
     os.fsync = timed_fsync
     with tempfile.TemporaryDirectory(prefix="kd-bench-parts-") as tmp:
@@ -149,9 +160,10 @@ def main(argv: list[str] | None = None) -> None:
           f"median of {a.repeats}, one thread, parts run one after another:")
     for name, t in r.items():
         print(f"  {name:10s} {1e3 * t:8.1f} ms  ({1e6 * t / rows:6.2f} µs/row, {t / r['forward']:.2f} x forward)")
-    print(f"  layout x 2 + fetch + forward + targets + write = {1e3 * (2 * r['layout'] + r['fetch'] + r['forward'] + r['targets'] + r['write']):.1f} ms")
-    stores = 2 * a.repeats  # the write part's and the whole pass's, per repeat (their creation included)
-    print(f"  os.fsync{' (no-op)' if a.no_fsync else ''}: {calls[0] / stores:.0f} calls, {1e3 * calls[1] / stores:.1f} ms per store written")
+    print(f"  layout + fetch + forward + targets + write = {1e3 * (r['layout'] + r['fetch'] + r['forward'] + r['targets'] + r['write']):.1f} ms")
+    for name in ("write", "finalize", "whole pass"):
+        n, t = calls.get(name, [0, 0.0])
+        print(f"  os.fsync{' (no-op)' if a.no_fsync else ''} in {name}: {n / a.repeats:.0f} calls, {1e3 * t / a.repeats:.1f} ms per store")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ blocks can be computed by any process (resume; rank r of a torchrun pass takes b
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable
@@ -94,9 +95,12 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
     teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
     pending = writer.pending_blocks(shard, num_shards)
 
+    spans: deque[Span] = deque()  # each pending block's samples, from keys() to the loop below
+
     def keys():  # what the DataLoader fetches: every pending block's samples, in batches that never straddle blocks
         for b in pending:
             s = layout.overlapping(*writer.block_rows(b))
+            spans.append(s)
             for a in range(0, len(s), batch_size):
                 yield s.split[a : a + batch_size], s.sample_id[a : a + batch_size]
 
@@ -107,11 +111,12 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
             torch.inference_mode(), capture(teacher, features, "cache.features", "teacher") as out:
         for b in pending:
             start, stop = writer.block_rows(b)
-            s = layout.overlapping(start, stop)
+            batch = next(batches)  # the block's first batch: keys() has made its span by now
+            s = spans.popleft()
             parts, labels = [], []
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)  # a resumed block draws the same
-            for _ in range(0, len(s), batch_size):
-                batch = next(batches)
+            for i in range(0, len(s), batch_size):
+                batch = batch if i == 0 else next(batches)
                 rows = _forward(teacher, batch, kind, features, device, dtype, out, views)
                 logits = rows.pop("logits")  # (n, C): reduced to targets batch by batch, never kept for a block
                 t = teacher_rows(logits, m, gen)
@@ -126,9 +131,10 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
                                 f"(rows {start}..{stop}) was not written. Fix that input (or the teacher) and rerun")
             block = encode_targets({k: rows.pop(k) for k in ("values", "ids", "lse", "counts") if k in rows}, m)
             block.update({k: v.to(getattr(torch, writer.specs[k][1])) for k, v in rows.items()})
-            table = span_table(layout.names, s.take(s.row0 >= start), _labels(labels, s, start))
             fetch = _host(block, m)
-            inflight.append(pool.submit(lambda b=b, fetch=fetch, table=table: writer.write_block(b, fetch(), table)))
+            write = lambda b=b, fetch=fetch, s=s, labels=_labels(labels, s, start), start=start: writer.write_block(  # noqa: E731
+                b, fetch(), span_table(layout.names, s.take(s.row0 >= start), labels))  # the table too: off this thread
+            inflight.append(pool.submit(write))
             while len(inflight) > 1:  # at most one block waiting behind the one being written
                 inflight.pop(0).result()
             rows_written += stop - start

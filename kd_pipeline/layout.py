@@ -84,7 +84,14 @@ class Layout:
 
     def _first_at_least(self, t: int, target: int) -> int:
         """Smallest j in [0, n_t] with rank(t, j) >= target (rank is increasing in j)."""
-        lo, hi = 0, int(self.sizes[t])
+        nt = int(self.sizes[t])
+        if nt and self.n_mixed:  # rank(t, j) is j * n_mixed / n_t within one per other split: look right there
+            guess = target * nt // self.n_mixed
+            lo, hi = max(0, guess - self.k - 2), min(nt, guess + self.k + 3)
+            r = self.rank(t, np.arange(lo, hi, dtype=np.int64))
+            if lo < hi and (lo == 0 or r[0] < target) and (hi == nt or r[-1] >= target):
+                return lo + int(np.searchsorted(r, target, side="left"))
+        lo, hi = 0, nt  # the guess missed (it should not): bisect
         while lo < hi:
             mid = (lo + hi) // 2
             if int(self.rank(t, np.array([mid]))[0]) >= target:

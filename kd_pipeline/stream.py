@@ -7,7 +7,9 @@ worker threads (2; 4 for a remote store, where each chunk is a request) (whole c
 `CacheStore.check_block`), together with
 the samples that start in them (samples.parquet, by row group); those samples are shuffled together and cut
 into batches of `batch_size` samples; left-overs carry into the next window, so every sample is seen once per
-pass and batches are full. A batch's targets come from the window's arrays (read once per block). Its inputs
+pass and batches are full. The shuffle runs in one more background thread, window after window (so the
+permutations are drawn in the same order whatever the threads' timing): each window is gathered once in its
+shuffled order, and a batch is then a slice of it. A batch's targets come from the window's arrays (read once per block). Its inputs
 come from the store too for a sequence (the tokens), or, for classification, from the dataset by sample id:
 the batch's (split, sample id) go to a DataLoader whose workers fetch them (`data.num_workers`), while the
 targets wait in a queue in the same order.
@@ -21,6 +23,8 @@ checkpoint was (no batch is fetched for the skipped ones).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -76,7 +80,14 @@ class BlockStream:
                 yield mine[i : i + self.window]
 
     def _read(self, blocks: list[int]) -> tuple[dict, dict]:
-        """-> (rows: array name -> (n, ...) for the rows the window's samples cover, units: UNIT_KEYS -> (u,))."""
+        """-> (rows: array name -> (n, ...) for the rows the window's samples cover, features float32, units:
+        UNIT_KEYS -> (u,))."""
+        parts, units = self._read_parts(blocks)
+        return (_float32(_cat(parts)) if parts else {}), units
+
+    def _read_parts(self, blocks: list[int]) -> tuple[list[dict], dict]:
+        """`_read`, its rows left as one part per block (joined once, with the previous window's left-overs, in
+        `_shuffled`) and features in their stored dtype (converted after the shuffle: half the bytes moved)."""
         C = self.store.manifest.chunk_rows
         cache: dict[int, dict[str, np.ndarray]] = {}
 
@@ -89,8 +100,6 @@ class BlockStream:
             a["values"] = decode_values(a, m.values_scheme)
             for k in ("topk_indices", "topk_logits", "value_scale"):
                 a.pop(k, None)
-            for k in [k for k in a if k.startswith("features/")]:
-                a[k] = a[k].astype(np.float32, copy=False)
             if self.kl_tau is not None:
                 ti = temperature_index(tuple(m.temperatures), self.kl_tau)
                 kl = teacher_terms(torch.from_numpy(a["values"]), torch.from_numpy(a["lse"][:, ti : ti + 1]), self.kl_tau)
@@ -114,32 +123,41 @@ class BlockStream:
                 continue
             r0, r1 = int(s["row"][0]), int(s["row"][-1] + s["num_rows"][-1])
             span = range(r0 // C, (r1 - 1) // C + 1)  # a sample may run into the next block(s)
-            arrays = {k: np.concatenate([block(bb)[k] for bb in span]) for k in block(span[0])}
+            arrays = block(span[0]) if len(span) == 1 else {k: np.concatenate([block(bb)[k] for bb in span]) for k in block(span[0])}
             rows.append({k: v[r0 - span[0] * C : r1 - span[0] * C] for k, v in arrays.items()})
             units.append({"split": s["split"], "sample_id": s["sample_id"], "label": s["label"],
                           "start": s["row"] - r0 + n, "num_rows": s["num_rows"]})
             n += r1 - r0
         if not rows:
-            return {}, {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
-        rows, units = _cat(rows), _cat(units)
+            return [], {k: np.zeros(0, np.int64) for k in UNIT_KEYS}
+        units = _cat(units)
         if self.inputs is not None:  # the window's inputs in one gather per split, off the training thread
             units["x"] = self.inputs.__getitems__((units["split"], units["sample_id"]))["x"].numpy()
         return rows, units
 
+    def _shuffled(self) -> Iterator[tuple[dict, dict, int]]:
+        """Windows in order, each with the previous one's left-over samples, shuffled and gathered once:
+        (rows, units, full) whose first `full` samples are the window's batches, each `batch_size` consecutive
+        samples (and their rows, consecutive too). Runs in one thread: the permutations are drawn in order."""
+        carry = None  # the previous window's left-over samples (rows in stored dtypes)
+        for parts, units in read_ahead(self._read_parts, self._windows(), self.read_ahead):
+            if carry is not None:
+                parts, units = _merge(carry, parts, units)
+            rows = _cat(parts) if parts else {}  # the window's one copy before the shuffle
+            n = len(units["split"])
+            rows, units = _subset(rows, units, self.row_rng.permutation(n))  # one gather per array per window
+            full = n // self.batch_size * self.batch_size
+            yield _float32(rows), units, full
+            carry = _slice(rows, units, full, n) if full < n else None
+
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
-        """Infinite: (rows, units) of `batch_size` samples; rows hold exactly the samples' rows, in order."""
+        """Infinite: (rows, units) of `batch_size` samples; rows hold exactly the samples' rows, in order (views
+        into the shuffled window: a batch costs a slice per array)."""
         if not len(self.blocks):
             return
-        carry = None
-        for rows, units in read_ahead(self._read, self._windows(), self.read_ahead):
-            if carry is not None:
-                rows, units = _merge(carry, (rows, units))
-            n = len(units["split"])
-            perm = self.row_rng.permutation(n)
-            full = n // self.batch_size * self.batch_size
+        for rows, units, full in in_thread(self._shuffled()):
             for i in range(0, full, self.batch_size):
-                yield _subset(rows, units, perm[i : i + self.batch_size])
-            carry = _subset(rows, units, perm[full:]) if full < n else None
+                yield _slice(rows, units, i, i + self.batch_size)
 
 
 def _cat(parts: list[dict]) -> dict:
@@ -161,13 +179,26 @@ def _subset(rows: dict, units: dict, sel: np.ndarray) -> tuple[dict, dict]:
     return {k: v[idx] for k, v in rows.items()}, u
 
 
-def _merge(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
-    if not b[1]["split"].size:
-        return a
-    n = len(next(iter(a[0].values())))  # rows of a
-    rows = {k: np.concatenate([a[0][k], b[0][k]]) for k in b[0]}
-    units = {k: np.concatenate([a[1][k], b[1][k] + (n if k == "start" else 0)]) for k in b[1]}
-    return rows, units
+def _slice(rows: dict, units: dict, i: int, j: int) -> tuple[dict, dict]:
+    """Samples i..j of a window whose samples' rows are consecutive and in order (after `_subset`): views."""
+    u = {k: v[i:j] for k, v in units.items()}
+    r0 = int(u["start"][0])
+    r1 = int(u["start"][-1] + u["num_rows"][-1])
+    u["start"] = u["start"] - r0
+    return {k: v[r0:r1] for k, v in rows.items()}, u
+
+
+def _merge(carry: tuple[dict, dict], parts: list[dict], units: dict) -> tuple[list[dict], dict]:
+    """Left-over samples (rows, units) put before a window's (row parts, units): units' starts shifted."""
+    if not units["split"].size:
+        return [carry[0]], carry[1]
+    n = int(carry[1]["start"][-1] + carry[1]["num_rows"][-1])  # rows of the carry
+    return [carry[0], *parts], {k: np.concatenate([carry[1][k], units[k] + (n if k == "start" else 0)]) for k in units}
+
+
+def _float32(rows: dict) -> dict:
+    """Features as float32 (what Targets carry; torch converts float16 ~4x faster than numpy)."""
+    return {k: torch.from_numpy(v).float().numpy() if k.startswith("features/") and v.dtype != np.float32 else v for k, v in rows.items()}
 
 
 def _student_batch(rows: dict, units: dict, store: CacheStore, kl_tau: float | None = None) -> dict:
@@ -291,6 +322,48 @@ def shuffled_batches(samples: SplitSamples, split: int | list[int], batch_size: 
         names = ", ".join(repr(samples.names[t]) for t in splits)
         raise DataError(f"data: split {names} has {n} samples, fewer than one batch of {batch_size} per process")
     yield from batches_of(batch_loader(samples, keys(), num_workers, pin_memory))
+
+
+def in_thread(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterates `items` in a background thread, up to `depth` results ahead of the consumer, in order; an
+    exception surfaces when its place is reached; closing (or dropping) the consumer stops the thread within
+    0.1 s (it then closes `items`)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put((x, None)):
+                    break
+            else:
+                put((end, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((end, e))
+        finally:
+            items.close()
+
+    threading.Thread(target=run, name="kd-stream", daemon=True).start()
+    try:
+        while True:
+            x, e = q.get()
+            if e is not None:
+                raise e
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
 
 
 def read_ahead(fn, items: Iterator, depth: int) -> Iterator:

@@ -70,6 +70,8 @@ def run(cfg: PipelineConfig, dist) -> None:
     with writer:
         for old in writer.lock.taken_over:
             print(f"cache_teacher: took over the stale lock of pid {old.get('pid')} on {old.get('host')} (started {old.get('started_at')})")
+        if writer.dropped:  # a power loss before the store was finalized (docs/integrity.md, "What is synced when")
+            print(f"cache_teacher: {len(writer.dropped)} finished block(s) did not match their markers (first: block {writer.dropped[0]}): recomputing them")
         todo = sum(stop - start for start, stop in map(writer.block_rows, writer.pending_blocks()))  # all ranks' rows
         t0 = time.perf_counter()
         dist.together(lambda: teacher_pass(teacher, writer, layout, samples, samples.kind, cfg.cache.features,

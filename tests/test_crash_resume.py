@@ -97,6 +97,19 @@ def test_kill9_then_rerun_equals_uninterrupted(point, zygote, tiny_run, fresh_ru
     st.close()
 
 
+def test_a_power_loss_after_the_kill_is_caught_on_resume(zygote, tiny_run, fresh_run, tmp_path, capsys):
+    """Blocks are not fsynced one by one: after a power loss a marker may be on disk while its block's bytes are
+    not. The rerun's writer checks the marked blocks, recomputes that one, and says so."""
+    reference = load_config(tiny_run).cache_path
+    cfg = load_config(fresh_run)
+    store = cfg.cache_path
+    kill9(start_paused(zygote, fresh_run, "block_chunks:3", "cache_teacher", tmp_path))  # blocks 0..2 marked
+    _chunk(store, "lse", 1).write_bytes(b"")  # block 1's marker reached the disk, its lse chunk did not
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert "cache_teacher: 1 finished block(s) did not match their markers (first: block 1): recomputing them" in capsys.readouterr().out
+    same_store(store, reference)
+
+
 def test_sharded_writers_share_the_store_but_not_a_shard(tmp_path):
     from tests.test_store import manifest
 
@@ -157,3 +170,76 @@ def test_sharded_writer_clears_a_dead_unsharded_writers_lock_info(tmp_path):
         with pytest.raises(StoreError) as e:
             CacheWriter.open(tmp_path / "s", m)
         assert f"pid {os.getpid()}" in str(e.value) and "(shard 1/2)" in str(e.value) and "999999" not in str(e.value)
+
+
+def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path):
+    """Blocks are not fsynced one by one, so a power loss may keep a marker whose block's bytes (or samples part)
+    never reached the disk, or a marker file that is empty. A writer resuming the store checks each marked block
+    against its marker and recomputes those that fail; what is then finalized equals an uninterrupted store."""
+    import numpy as np
+    import torch
+
+    from kd_pipeline.store.writer import samples_part_path, samples_table
+    from tests.test_store import blocks_for, manifest
+
+    m = manifest(num_rows=1000)
+    blocks = blocks_for(m, torch.randn(1000, 10))
+    sizes = m.dataset.split_sizes
+    table = samples_table(sizes, {"train": np.arange(sizes["train"]) % 10, "transfer": np.full(sizes["transfer"], -1)})
+
+    def write(path, finalize):
+        with CacheWriter.open(path, m) as w:
+            for b in w.pending_blocks():
+                start, stop = w.block_rows(b)
+                w.write_block(b, blocks[b], table.slice(start, stop - start))
+            if finalize:
+                w.finalize()
+
+    write(tmp_path / "full", True)
+    s = tmp_path / "s"
+    write(s, False)  # as if killed before finalize: every block marked, its samples part there
+    with CacheWriter.open(s, m) as w:  # a killed writer's blocks (page cache intact): all kept
+        assert w.pending_blocks() == []
+    _chunk(s, "lse", 0).write_bytes(b"\0" * 17)  # torn chunk file
+    (s / "_markers" / "block-00000001.json").write_bytes(b"")  # the marker's name made it to disk, its bytes not
+    ids = zarr.open_array(str(s / "topk_indices"), mode="r+")
+    ids[512:768] = np.zeros((256, 3), ids.dtype)  # block 2 stale: the zeros a lost write leaves
+    samples_part_path(s, 3).write_bytes(b"x")  # block 3's samples part lost
+    with CacheWriter.open(s, m, shard=1, num_shards=2) as w:  # a shard checks its own blocks only
+        assert w.dropped == [1, 3] and w.pending_blocks(1, 2) == [1, 3]
+    with CacheWriter.open(s, m) as w:
+        assert w.dropped == [0, 2] and w.pending_blocks() == [0, 1, 2, 3]
+    write(s, True)  # resumes: recomputes 0..3 and finalizes
+    st, ref = open_store(s), open_store(tmp_path / "full")
+    for b in range(st.num_blocks):
+        for name, a in st.read_block(b).items():
+            assert np.array_equal(a, ref.read_block(b)[name]), (b, name)
+        st.check_block(b, st.read_block(b))
+    assert (s / "samples.parquet").read_bytes() == (tmp_path / "full" / "samples.parquet").read_bytes()
+
+
+def test_finalize_syncs_every_block_before_the_store_says_complete(tmp_path, monkeypatch):
+    """What a power loss may not take back once `complete: true` is on disk: every chunk file, marker and the
+    folders naming them are fsynced first (per block the writer syncs nothing: docs/integrity.md)."""
+    import kd_pipeline.store.files as files
+    from kd_pipeline.store.files import chunk_files
+    from tests.test_store import manifest, write_store
+
+    import torch
+
+    events = []
+    real_fsync, real_write = files.fsync_file, files.atomic_write
+    monkeypatch.setattr(files, "fsync_file", lambda p: (events.append(("fsync", p)), real_fsync(p))[1])
+    monkeypatch.setattr(files, "atomic_write", lambda p, data, pause=None, durable=True: (
+        events.append(("write", p)), real_write(p, data, pause, durable))[1])
+    m = manifest(num_rows=1000)
+    s = tmp_path / "s"
+    write_store(s, m, torch.randn(1000, 10))
+    done = max(i for i, (what, p) in enumerate(events) if what == "write" and p == s / "zarr.json")  # complete: true
+    synced = {p for what, p in events[:done] if what == "fsync"}
+    for b in range(m.num_blocks):
+        for name, (shape, _) in m.array_specs().items():
+            f = chunk_files(s, name, b, len(shape))[0]
+            assert {f, f.parent, s / name / "c", s / name} <= synced, (b, name)
+        assert s / "_markers" / f"block-{b:08d}.json" in synced
+    assert s / "_markers" in synced

@@ -27,6 +27,34 @@ def test_each_pass_sees_every_row_once_in_full_batches(tmp_path):
     assert np.array_equal(r["values"][0], direct["topk_logits"][row % 64].astype(np.float32))
 
 
+def test_the_stream_thread_stops_with_its_consumer_and_hands_on_errors(tmp_path):
+    """Windows are shuffled and gathered in a background thread (stream.in_thread): closing the consumer ends
+    it, and a corrupt block read there is raised in the consumer, by name."""
+    import threading
+    import time
+
+    import pytest
+
+    from kd_pipeline.errors import StoreError
+
+    m = manifest(num_rows=1000, chunk_rows=64)
+    write_store(tmp_path / "s", m, torch.randn(1000, 10))
+    store = open_store(tmp_path / "s")
+    it = iter(BlockStream(store, batch_size=50, window=3, seed=1))
+    next(it)
+    assert any(t.name == "kd-stream" for t in threading.enumerate())
+    it.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "kd-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "kd-stream" for t in threading.enumerate())
+    lse = tmp_path / "s" / "lse" / "c" / "5" / "0"
+    lse.write_bytes(bytes(b ^ 0xFF for b in lse.read_bytes()))  # every block is in the first pass's windows
+    with pytest.raises(StoreError, match="array lse block 5 .*sha256|lse row"):
+        for _ in BlockStream(open_store(tmp_path / "s"), batch_size=50, window=3, seed=1):
+            pass
+
+
 def _rows(store, units):
     """Store rows of a classification batch: sample ids are rows within each split, splits back to back."""
     sizes = store.manifest.dataset.split_sizes

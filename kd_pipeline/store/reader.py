@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 from zarr.core.sync import sync as zarr_sync
@@ -235,6 +236,8 @@ class SamplesIndex:
         self.eval_split = m.dataset.eval_split
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()  # block() is called from several read-ahead threads
+        self._reader: pq.ParquetFile | None = None  # for block(), under _lock
+        self._split_names = pa.array(m.dataset.splits, pa.string())
         self._validate()
 
     def _file(self):
@@ -343,9 +346,11 @@ class SamplesIndex:
                 if g not in self._cache:
                     if len(self._cache) >= 4:
                         self._cache.pop(next(iter(self._cache)))
-                    t = self._file().read_row_group(g, columns=list(_SAMPLE_COLUMNS))
-                    self._cache[g] = {
-                        "split": np.array([self.split_codes[s] for s in t["split"].to_pylist()], np.int64),
+                    if self._reader is None:  # opened once: its footer is parsed once, not per row group
+                        self._reader = self._file()
+                    t = self._reader.read_row_group(g, columns=list(_SAMPLE_COLUMNS), use_threads=False)
+                    self._cache[g] = {  # split names -> their index in the manifest's splits (all known: validated)
+                        "split": pc.index_in(t["split"], value_set=self._split_names).to_numpy().astype(np.int64),
                         "sample_id": t["sample_id"].to_numpy(), "row": t["row"].to_numpy(),
                         "num_rows": t["num_rows"].to_numpy(), "label": t["label"].fill_null(-1).to_numpy(),
                     }

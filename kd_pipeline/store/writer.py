@@ -13,12 +13,16 @@ start in it (`_markers/samples-<b>.parquet`), then marks; `finalize()` checks ev
 `samples.parquet` from those parts (one row group per block, in row order: readers fetch a block's samples
 without the whole table) and only then sets `complete: true`.
 
-Crash safety (docs/integrity.md): the writer holds `_lock.json` (store/lock.py) from `open` until
-`finalize` or `close` (use it as a context manager); a block's
-chunks are fsynced before its marker is renamed into place, so a marker always means the block's bytes are
-on disk; a killed writer's temp files are removed on resume; an OSError (permission, disk full) becomes a
-one-line StoreError and leaves every marked block in place for the next run. `path` may be an object-store
-URL (location.py): the same order of writes, with PUTs of whole objects instead of fsync + rename.
+Crash safety (docs/integrity.md, "What is synced when"): the writer holds `_lock.json` (store/lock.py) from
+`open` until `finalize` or `close` (use it as a context manager); a block's marker is renamed into place after
+its chunks and samples part are written, so for a killed writer a marker always means the block's bytes are
+there. Blocks are not fsynced one by one (that cost more than a small teacher's forward): a power loss may
+lose recent blocks, or leave a marker whose bytes did not reach the disk, so a writer resuming an incomplete
+store checks every marked block of its share against its marker's sha256 and recomputes those that do not
+match; `finalize` fsyncs every block's files before samples.parquet and `complete: true`. A killed writer's
+temp files are removed on resume; an OSError (permission, disk full) becomes a one-line StoreError and leaves
+every marked block in place for the next run. `path` may be an object-store URL (location.py): the same order
+of writes, with PUTs of whole objects (durable once returned) instead of rename.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import zarr
 
 from ..crashpoints import pause_point
 from ..errors import StoreError
-from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, write_manifest
+from zarr.core.sync import sync as zarr_sync
+
+from .files import SAMPLES_MARKER, atomic_write, chunk_files, clear_for_create, fsync_file, remove_partials, sync_all, write_manifest
 from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
 from .location import FsPath, as_location, zarr_location
 from .lock import StoreLock, creating
-from .markers import block_sha256, marker_path
+from .markers import block_sha256, marker_path, read_marker
 
 
 def _os_error(path: Path, what: str, e: OSError) -> StoreError:
@@ -57,8 +63,11 @@ class CacheWriter:
         self.manifest = manifest
         self.group = group
         self.specs = manifest.array_specs()
-        self.arrays = {name: group[name] for name in self.specs}
+        # write_empty_chunks: zarr would compare every chunk with the fill value to skip all-zero ones (a pass over
+        # each block for a file that readers treat the same either way)
+        self.arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.specs}
         self.lock: StoreLock | None = None
+        self.dropped: list[int] = []  # marked blocks that failed their check when this writer resumed the store
 
     def __enter__(self) -> "CacheWriter":
         return self
@@ -85,7 +94,7 @@ class CacheWriter:
         with creating(path):  # one opener at a time: shards started together never refuse each other
             lock = StoreLock.acquire(path, shard, num_shards)
             try:
-                writer = cls._open_locked(path, manifest, create, lock, owner)
+                writer = cls._open_locked(path, manifest, create, lock, owner, shard, num_shards)
             except OSError as e:
                 lock.release()
                 raise _os_error(path, "open the store for writing", e) from e
@@ -96,14 +105,18 @@ class CacheWriter:
         return writer
 
     @classmethod
-    def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock, owner=None) -> "CacheWriter":
+    def _open_locked(cls, path: Path, manifest: Manifest, create: bool, lock: StoreLock, owner=None,
+                     shard: int = 0, num_shards: int = 1) -> "CacheWriter":
         existing = _read_manifest(path)
         _check_owner(path, existing, manifest, owner)  # again, under the lock: another writer may have come first
         if existing is not None and existing.identity() == manifest.identity():
             if lock.exclusive:  # never under a running shard's feet: its temp files are in flight
                 remove_partials(path)
             group = zarr.open_group(zarr_location(path, read_only=False), mode="r+", zarr_format=3)
-            return cls(path, existing, group)
+            writer = cls(path, existing, group)
+            if not existing.complete:
+                writer.dropped = writer.drop_unsound_markers(shard, num_shards)
+            return writer
         if not create:
             raise StoreError(f"{path}: no store with matching parameters to resume")
         _refuse_newer(path)
@@ -156,21 +169,22 @@ class CacheWriter:
             shape, dtype = self.specs[name]
             if a.shape != (stop - start, *shape[1:]) or a.dtype != np.dtype(dtype):
                 raise ValueError(f"block {b}: {name} has {a.shape} {a.dtype}, expected {(stop - start, *shape[1:])} {dtype}")
-        try:
-            sums = {}
+        async def put() -> None:  # every chunk in one trip to zarr's event loop, in array order (crash tests)
             for name, a in arrays.items():
-                self.arrays[name][start:stop] = a
-                sums[name] = block_sha256(a)
-                for f in chunk_files(self.path, name, b, a.ndim):
-                    fsync_file(f)
+                await self.arrays[name].async_array.setitem(slice(start, stop), a)
                 pause_point(f"block_array:{b}:{name}")
-            marker = {"block": b, "rows": [start, stop], "sha256": sums}
+
+        try:
+            zarr_sync(put())
+            marker = {"block": b, "rows": [start, stop], "sha256": {name: block_sha256(a) for name, a in arrays.items()}}
             if samples is not None:
                 data = _parquet_bytes(samples)
-                atomic_write(samples_part_path(self.path, b), data)
+                atomic_write(samples_part_path(self.path, b), data, durable=False)
                 marker["samples_sha256"] = hashlib.sha256(data).hexdigest()
             pause_point(f"block_chunks:{b}")
-            atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}")
+            # not fsynced: a killed writer needs no fsync (the renames are atomic); a power loss is caught on
+            # resume (drop_unsound_markers) and before completion (finalize syncs every block)
+            atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}", durable=False)
         except OSError as e:
             raise _os_error(self.path, f"write block {b} (rows {start}..{stop})", e) from e
 
@@ -179,6 +193,10 @@ class CacheWriter:
         """Writes samples.parquet (from the blocks' parts, or `table` when the caller holds the whole table:
         small stores made by tests and tools) and marks the store complete. A complete store is left as it is."""
         if self.manifest.complete:  # e.g. blocks rewritten after their markers were deleted (repair)
+            try:
+                self.sync_blocks()
+            except OSError as e:
+                raise _os_error(self.path, "finalize the store", e) from e
             for b in range(self.manifest.num_blocks):
                 samples_part_path(self.path, b).unlink(missing_ok=True)  # samples.parquet already holds them
             self.close()
@@ -188,6 +206,7 @@ class CacheWriter:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
         done = self.manifest.model_copy(update={"complete": True})
         try:
+            self.sync_blocks()  # every block durable before anything that says the store is complete
             if table is not None:
                 data = _parquet_bytes(table)
                 atomic_write(self.path / SAMPLES, data)
@@ -204,6 +223,43 @@ class CacheWriter:
             samples_part_path(self.path, b).unlink(missing_ok=True)
         self.close()  # finished: nothing more to write, so another writer may open it
         return self.manifest
+
+    def sync_blocks(self) -> None:
+        """fsync every block's chunk files and marker (and the folders naming them, and each array's metadata):
+        after this, a power loss cannot take back a block. Cheap when the kernel has written them back already."""
+        files = [self.marker_path(b) for b in range(self.manifest.num_blocks)]
+        for name, (shape, _) in self.specs.items():
+            files.append(self.path / name / "zarr.json")
+            for b in range(self.manifest.num_blocks):
+                files += chunk_files(self.path, name, b, len(shape))
+        sync_all(files, self.path)
+
+    def drop_unsound_markers(self, shard: int = 0, num_shards: int = 1) -> list[int]:
+        """Resuming: checks every marked block of this share (b % num_shards == shard) against its marker —
+        the marker parses and names the block, each array's bytes and the samples part hash to its sha256 —
+        and removes the markers that fail, so those blocks are recomputed. After a killed writer all pass (its
+        renames were atomic); after a power loss a marker may have reached the disk before its block's bytes
+        (blocks are not fsynced one by one). Costs one read + sha256 of the marked blocks. -> blocks dropped.
+        Nothing to check on an object store (a PUT that returned is durable)."""
+        if isinstance(self.path, FsPath):
+            return []
+        marked = sorted(set(range(shard, self.manifest.num_blocks, num_shards)) - set(self.pending_blocks(shard, num_shards)))
+        dropped = [b for b in marked if not self._block_sound(b)]
+        for b in dropped:
+            self.marker_path(b).unlink(missing_ok=True)
+        return dropped
+
+    def _block_sound(self, b: int) -> bool:
+        start, stop = self.block_rows(b)
+        try:
+            sums = read_marker(self.path, self.manifest, b)  # parses, names this block, a sha256 per array
+            if any(block_sha256(self.arrays[name][start:stop]) != sums[name] for name in self.specs):
+                return False
+            want = json.loads(self.marker_path(b).read_bytes()).get("samples_sha256")
+            part = samples_part_path(self.path, b)
+            return want is None or (part.is_file() and hashlib.sha256(part.read_bytes()).hexdigest() == want)
+        except Exception:  # StoreError (marker), OSError, or zarr's error for a truncated chunk file
+            return False
 
     def _assemble_samples(self) -> str:
         """samples.parquet from the blocks' parts, each checked against its marker, one row group per part,
@@ -290,7 +346,7 @@ def span_table(names: list[str], span, labels: np.ndarray | None) -> pa.Table:
     return pa.table(
         {
             "sample_id": pa.array(span.sample_id, pa.int64()),
-            "split": pa.array([names[t] for t in span.split.tolist()], pa.string()),
+            "split": pa.array(names, pa.string()).take(pa.array(span.split, pa.int64())),
             "row": pa.array(span.row0, pa.int64()),
             "num_rows": pa.array(span.num_rows, pa.int64()),
             "label": pa.array(lab, pa.int64(), mask=lab < 0),
