@@ -87,6 +87,31 @@ def test_lm_benchmarks_smallest(tmp_path, monkeypatch):
     assert set(quality) == {"hard", "topk8", "topk32", "sampled32", "online"}
 
 
+def test_lm_example_study_smallest(tmp_path):
+    """The example study through real `kd run` processes at tiny sizes: the later seeds and an option reuse the
+    first seed's teacher, and an option changing only distill.* leaves the hard-label student as it was."""
+    from bench import lm_example_study
+
+    model = "kd_pipeline.lm.model:transformer_lm"
+    tiny = {"data.kwargs.max_bytes": 40000, "data.num_classes": 320, "teacher.factory": model, "student.factory": model,
+            "teacher.kwargs": {"layers": 1, "dim": 32, "heads": 2, "context": 32},
+            "student.kwargs": {"layers": 1, "dim": 16, "heads": 2, "context": 32},
+            "teacher_train.steps": 5, "student_train.steps": 3, "cache.chunk_rows": 256, "cache.batch_size": 256,
+            "cache.draws": 8, "cache.top_k": 8, "sequence.context": 32, "sequence.recon_tokens": 500,
+            "sequence.eval_tokens": 1000, "evaluate.batch_size": 256}
+    out = tmp_path / "study.jsonl"
+    rows = lm_example_study.run("examples/lm/pipeline.yaml", ["example"], [0, 1], {"example": [("a0.2", {"distill.alpha": 0.2})]},
+                                root=tmp_path, out=out, extra=tiny, log=lambda s: None)
+    assert [(r["option"], r["seed"]) for r in rows] == [("", 0), ("a0.2", 0), ("", 1), ("a0.2", 1)]
+    assert len(out.read_text().splitlines()) == 4 and set(rows[0]["stages_s"]) >= {"train_teacher", "cache_teacher"}
+    assert "train_teacher" not in rows[2]["stages_s"] and "train_baseline" in rows[2]["stages_s"]
+    assert "train_baseline" not in rows[1]["stages_s"] and "train_baseline" not in rows[3]["stages_s"]
+    ppl = [{m: r["models"][m]["val"]["ppl"] for m in ("teacher", "student", "baseline")} for r in rows]
+    assert len({p["teacher"] for p in ppl}) == 1  # one teacher
+    for a, b in ((0, 1), (2, 3)):  # same seed: the option changed the KD student only
+        assert ppl[a]["baseline"] == ppl[b]["baseline"] and ppl[a]["student"] != ppl[b]["student"]
+
+
 def test_processes_benchmark_smallest(tmp_path):
     """torchrun with 1 and 2 processes, one round: the stages' own timings are found and give rates."""
     from bench import processes
