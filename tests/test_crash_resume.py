@@ -401,3 +401,21 @@ def test_sync_points_during_a_pass_bound_what_a_resume_reads(tiny_run, fresh_run
     assert "1 finished block(s) did not match their markers (first: block 4): recomputing them" in capsys.readouterr().out
     same_store(store, reference)
     assert not list((store / "_markers").glob("synced-*"))
+
+
+def test_a_pass_returns_only_once_its_last_sync_point_is_recorded(fresh_run, monkeypatch, sync_every):
+    """Under torchrun every rank's pass ends before rank 0 finalizes (and removes the sync records); a record that a
+    rank's sync point wrote after that would stay in the complete store. So the pass waits for it: here the sync
+    points are slowed down, and when finalize begins none is in flight."""
+    import time
+
+    from kd_pipeline.store.synced import SyncPoints
+
+    cfg = load_config(fresh_run)
+    slow, real_sync, real_finalize = [], SyncPoints._sync, CacheWriter.finalize
+    monkeypatch.setattr(SyncPoints, "_sync", lambda self, blocks: (time.sleep(0.2), slow.append(blocks), real_sync(self, blocks)))
+    monkeypatch.setattr(CacheWriter, "finalize", lambda self, *a: (slow.append(self.syncs.inflight), real_finalize(self, *a))[1])
+    sync_every(0)
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert slow[-1] is None and sorted(b for blocks in slow[:-1] for b in blocks) == list(range(8))
+    assert not list((cfg.cache_path / "_markers").glob("synced-*"))

@@ -86,7 +86,7 @@ class CacheWriter:
         kernel drops its flock). quiet: a failed sync point is not raised (an error is already on its way); its
         blocks are then merely checked on resume."""
         try:
-            self._end_syncs()
+            self.wait_for_sync_point(close=True)
         except StoreError:
             if not quiet:
                 raise
@@ -95,10 +95,13 @@ class CacheWriter:
                 self.lock.release()
                 self.lock = None
 
-    def _end_syncs(self) -> None:
+    def wait_for_sync_point(self, close: bool = False) -> None:
+        """Returns once the sync point in flight (if any) has written its record; close: and ends its thread. Every
+        torchrun shard waits at the end of its pass, before rank 0 finalizes: a record written after finalize removed
+        the records would stay in the complete store."""
         if self.syncs is not None:
             try:
-                self.syncs.close()
+                (self.syncs.close if close else self.syncs.wait)()
             except OSError as e:
                 raise _os_error(self.path, "sync the blocks written", e) from e
 
@@ -216,7 +219,7 @@ class CacheWriter:
         """Writes samples.parquet (from the blocks' parts, or `table` when the caller holds the whole table:
         small stores made by tests and tools) and marks the store complete. A complete store is left as it is."""
         if self.manifest.complete:  # e.g. blocks rewritten after their markers were deleted (repair)
-            self._end_syncs()
+            self.wait_for_sync_point(close=True)
             try:
                 self.sync_blocks()
                 if self.syncs is not None:
@@ -231,7 +234,7 @@ class CacheWriter:
         if missing:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
         done = self.manifest.model_copy(update={"complete": True})
-        self._end_syncs()  # no sync point in flight: it would rewrite a record after they are removed below
+        self.wait_for_sync_point(close=True)  # no sync point in flight: it would rewrite a record after they are removed below
         try:
             self.sync_blocks()  # every block durable before anything that says the store is complete
             if table is not None:
