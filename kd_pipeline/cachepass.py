@@ -141,6 +141,7 @@ def teacher_pass(teacher: nn.Module, writer: CacheWriter, layout: Layout, sample
             advance(1, stop - start)
         for f in inflight:
             f.result()
+    writer.wait_for_sync_point()  # before rank 0 finalizes (and removes the sync records)
     return rows_written
 
 

@@ -172,50 +172,177 @@ def test_sharded_writer_clears_a_dead_unsharded_writers_lock_info(tmp_path):
         assert f"pid {os.getpid()}" in str(e.value) and "(shard 1/2)" in str(e.value) and "999999" not in str(e.value)
 
 
-def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path):
-    """Blocks are not fsynced one by one, so a power loss may keep a marker whose block's bytes (or samples part)
-    never reached the disk, or a marker file that is empty. A writer resuming the store checks each marked block
-    against its marker and recomputes those that fail; what is then finalized equals an uninterrupted store."""
+def _small_store(num_rows: int = 1000):
+    """A manifest of num_rows // 256 + 1 blocks (tests/test_store.py), each block's arrays, the samples table."""
     import numpy as np
     import torch
 
-    from kd_pipeline.store.writer import samples_part_path, samples_table
+    from kd_pipeline.store.writer import samples_table
     from tests.test_store import blocks_for, manifest
 
-    m = manifest(num_rows=1000)
-    blocks = blocks_for(m, torch.randn(1000, 10))
+    m = manifest(num_rows=num_rows)
     sizes = m.dataset.split_sizes
     table = samples_table(sizes, {"train": np.arange(sizes["train"]) % 10, "transfer": np.full(sizes["transfer"], -1)})
+    return m, blocks_for(m, torch.randn(num_rows, 10)), table
 
-    def write(path, finalize):
-        with CacheWriter.open(path, m) as w:
-            for b in w.pending_blocks():
+
+def _write(path: Path, small, only=None, finalize: bool = False, shard: int = 0, num_shards: int = 1) -> CacheWriter:
+    """Opens (creates or resumes) the store, writes its pending blocks of the share (those in `only`), closes."""
+    m, blocks, table = small
+    with CacheWriter.open(path, m, shard=shard, num_shards=num_shards) as w:
+        for b in w.pending_blocks(shard, num_shards):
+            if only is None or b in only:
                 start, stop = w.block_rows(b)
                 w.write_block(b, blocks[b], table.slice(start, stop - start))
-            if finalize:
-                w.finalize()
+        if finalize:
+            w.finalize()
+    return w
 
-    write(tmp_path / "full", True)
-    s = tmp_path / "s"
-    write(s, False)  # as if killed before finalize: every block marked, its samples part there
-    with CacheWriter.open(s, m) as w:  # a killed writer's blocks (page cache intact): all kept
-        assert w.pending_blocks() == []
-    _chunk(s, "lse", 0).write_bytes(b"\0" * 17)  # torn chunk file
-    (s / "_markers" / "block-00000001.json").write_bytes(b"")  # the marker's name made it to disk, its bytes not
-    ids = zarr.open_array(str(s / "topk_indices"), mode="r+")
-    ids[512:768] = np.zeros((256, 3), ids.dtype)  # block 2 stale: the zeros a lost write leaves
-    samples_part_path(s, 3).write_bytes(b"x")  # block 3's samples part lost
-    with CacheWriter.open(s, m, shard=1, num_shards=2) as w:  # a shard checks its own blocks only
-        assert w.dropped == [1, 3] and w.pending_blocks(1, 2) == [1, 3]
-    with CacheWriter.open(s, m) as w:
-        assert w.dropped == [0, 2] and w.pending_blocks() == [0, 1, 2, 3]
-    write(s, True)  # resumes: recomputes 0..3 and finalizes
+
+def _same_as_uninterrupted(s: Path, small, tmp_path: Path) -> None:
+    import numpy as np
+
+    _write(tmp_path / "full", small, finalize=True)
     st, ref = open_store(s), open_store(tmp_path / "full")
     for b in range(st.num_blocks):
         for name, a in st.read_block(b).items():
             assert np.array_equal(a, ref.read_block(b)[name]), (b, name)
         st.check_block(b, st.read_block(b))
     assert (s / "samples.parquet").read_bytes() == (tmp_path / "full" / "samples.parquet").read_bytes()
+
+
+def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path):
+    """Blocks are not fsynced one by one, so a power loss may keep a marker whose block's bytes (or samples part)
+    never reached the disk, or a marker file that is empty. A writer resuming the store checks each marked block
+    against its marker and recomputes those that fail; what is then finalized equals an uninterrupted store."""
+    import numpy as np
+
+    from kd_pipeline.store.writer import samples_part_path
+
+    small = _small_store()
+    s = tmp_path / "s"
+    _write(s, small)  # as if killed before finalize: every block marked, its samples part there
+    assert _write(s, small).dropped == []  # a killed writer's blocks (page cache intact): all kept
+    _chunk(s, "lse", 0).write_bytes(b"\0" * 17)  # torn chunk file
+    (s / "_markers" / "block-00000001.json").write_bytes(b"")  # the marker's name made it to disk, its bytes not
+    ids = zarr.open_array(str(s / "topk_indices"), mode="r+")
+    ids[512:768] = np.zeros((256, 3), ids.dtype)  # block 2 stale: the zeros a lost write leaves
+    samples_part_path(s, 3).write_bytes(b"x")  # block 3's samples part lost
+    m = small[0]
+    with CacheWriter.open(s, m, shard=1, num_shards=2) as w:  # a shard checks its own blocks only
+        assert w.dropped == [1, 3] and w.pending_blocks(1, 2) == [1, 3]
+    with CacheWriter.open(s, m) as w:
+        assert w.dropped == [0, 2] and w.pending_blocks() == [0, 1, 2, 3]
+    _write(s, small, finalize=True)  # resumes: recomputes 0..3 and finalizes
+    _same_as_uninterrupted(s, small, tmp_path)
+
+
+@pytest.fixture
+def checks(monkeypatch) -> list[int]:
+    """The blocks that resuming writers read and hash against their markers, in order."""
+    seen: list[int] = []
+    real = CacheWriter._block_sound
+    monkeypatch.setattr(CacheWriter, "_block_sound", lambda self, b: (seen.append(b), real(self, b))[1])
+    return seen
+
+
+@pytest.fixture
+def sync_every(monkeypatch):
+    """sync_every(s): sync points every s seconds from now on (0: after every block)."""
+    import kd_pipeline.store.synced as synced
+
+    return lambda seconds: monkeypatch.setattr(synced, "SYNC_EVERY_S", seconds)
+
+
+def _record(store: Path, shard: int = 0) -> dict:
+    return json.loads((store / "_markers" / f"synced-{shard}.json").read_bytes())
+
+
+def test_a_resume_reads_only_the_blocks_marked_since_the_last_sync_point(tmp_path, checks, sync_every):
+    """A sync point fsyncs the blocks written since the last one, then records them; a resuming writer trusts those
+    (marker and bytes were on disk before the record) and reads and hashes only the other marked blocks,
+    recomputing those that fail. A block checked on resume joins the next sync point."""
+    small = _small_store()
+    s = tmp_path / "s"
+    sync_every(0)
+    _write(s, small, only={0, 1})
+    assert _record(s) == {"step": 1, "ranges": [[0, 2]]}
+    sync_every(3600)  # blocks 2 and 3 are written, then the power goes before the next sync point:
+    _write(s, small, only={2, 3})
+    assert _record(s) == {"step": 1, "ranges": [[0, 2]]}
+    _chunk(s, "lse", 3).write_bytes(b"\0" * 17)  # block 3's marker reached the disk, its lse chunk did not
+    sync_every(0)
+    w = _write(s, small)
+    assert checks == [2, 3] and w.dropped == [3]
+    assert _record(s) == {"step": 1, "ranges": [[0, 4]]}  # block 3 rewritten and synced, block 2 with it
+    checks.clear()
+    _write(s, small, finalize=True)
+    assert checks == []
+    assert not list((s / "_markers").glob("synced-*"))  # complete: never checked on resume, the records go
+    _same_as_uninterrupted(s, small, tmp_path)
+
+
+BAD_RECORDS = {
+    "not JSON": b'{"step": 1, "ranges": [[0, 4]]',
+    "over the size cap": b'{"step": 1, "ranges": [[0, 4]]}' + b" " * (16 << 20),
+    "nested too deep": b"[" * 100_000 + b"]" * 100_000,
+    "a list": b"[[0, 4]]",
+    "ids beyond the store": b'{"step": 1, "ranges": [[0, 5]]}',
+    "a negative id": b'{"step": 1, "ranges": [[-1, 4]]}',
+    "overlapping ranges": b'{"step": 1, "ranges": [[0, 2], [1, 4]]}',
+    "step 0": b'{"step": 0, "ranges": [[0, 4]]}',
+    "step true": b'{"step": true, "ranges": [[0, 4]]}',
+    "an id that is text": b'{"step": 1, "ranges": [[0, "4"]]}',
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_RECORDS))
+def test_a_bad_sync_record_is_treated_as_absent(bad, tmp_path, checks):
+    """Shared stores are untrusted input, the sync records too: one that is not valid (size cap, schema, ids in
+    range) lists nothing, so every marked block is checked, and the one whose bytes were lost is recomputed."""
+    small = _small_store()
+    s = tmp_path / "s"
+    _write(s, small)
+    (s / "_markers" / "synced-0.json").write_bytes(BAD_RECORDS[bad])
+    _chunk(s, "lse", 1).write_bytes(b"")
+    w = _write(s, small, finalize=True)
+    assert checks == [0, 1, 2, 3] and w.dropped == [1]
+    _same_as_uninterrupted(s, small, tmp_path)
+
+
+def test_a_block_to_be_written_again_is_first_removed_from_the_sync_records(tmp_path, checks, sync_every):
+    """A marker deleted by hand (to have its block recomputed) makes the block pending. Its new bytes are not
+    synced when its new marker is, so the writer that opens the store removes it from the records, durably,
+    before it writes anything; the next resume checks it again."""
+    small = _small_store()
+    s = tmp_path / "s"
+    sync_every(0)
+    _write(s, small)
+    assert _record(s) == {"step": 1, "ranges": [[0, 4]]}
+    (s / "_markers" / "block-00000001.json").unlink()
+    sync_every(3600)
+    with CacheWriter.open(s, small[0]) as w:
+        assert _record(s) == {"step": 1, "ranges": [[0, 1], [2, 4]]} and w.pending_blocks() == [1]
+    _write(s, small)
+    assert _record(s) == {"step": 1, "ranges": [[0, 1], [2, 4]]}
+    assert _write(s, small, finalize=True).dropped == [] and checks == [1]  # rewritten, unsynced: checked
+    _same_as_uninterrupted(s, small, tmp_path)
+
+
+def test_each_shard_keeps_its_own_sync_record(tmp_path, checks, sync_every):
+    """torchrun shards (rank r writes blocks b % world == r, each its own writer) each keep a record of their
+    blocks; any writer trusts what any record lists (even after the world size changed); finalize removes them."""
+    small = _small_store(2000)  # 8 blocks
+    s = tmp_path / "s"
+    sync_every(0)
+    _write(s, small, only={0, 2, 4}, shard=0, num_shards=2)
+    _write(s, small, shard=1, num_shards=2)
+    assert _record(s, 0) == {"step": 2, "ranges": [[0, 5]]} and _record(s, 1) == {"step": 2, "ranges": [[1, 8]]}
+    assert _write(s, small, shard=1, num_shards=2).dropped == [] and checks == []
+    w = _write(s, small, finalize=True)  # one writer now: block 6 is its to write, the others are trusted
+    assert checks == [] and w.dropped == []
+    assert not list((s / "_markers").glob("synced-*"))
+    _same_as_uninterrupted(s, small, tmp_path)
 
 
 def test_finalize_syncs_every_block_before_the_store_says_complete(tmp_path, monkeypatch):
@@ -243,3 +370,52 @@ def test_finalize_syncs_every_block_before_the_store_says_complete(tmp_path, mon
             assert {f, f.parent, s / name / "c", s / name} <= synced, (b, name)
         assert s / "_markers" / f"block-{b:08d}.json" in synced
     assert s / "_markers" in synced
+
+
+def test_sync_points_during_a_pass_bound_what_a_resume_reads(tiny_run, fresh_run, monkeypatch, checks, sync_every, capsys):
+    """The cache stage with a sync point after every block dies at block 5 (its chunks written, not its marker):
+    the record lists blocks 0..4 (of 8). Then the machine goes down as if the last sync point had not been made, and
+    block 4's lse chunk is lost: the rerun reads and hashes block 4 only, recomputes it, and the store equals an
+    uninterrupted run's."""
+    import kd_pipeline.store.writer as writer
+    from kd_pipeline.store.synced import read_records, write_record
+
+    def die_at(name: str) -> None:
+        if name == "block_chunks:5":
+            raise RuntimeError("the machine went down")
+
+    reference = load_config(tiny_run).cache_path
+    cfg = load_config(fresh_run)
+    store = cfg.cache_path
+    sync_every(0)
+    monkeypatch.setattr(writer, "pause_point", die_at)
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        run_pipeline(cfg, only=["cache_teacher"])
+    (_, listed), = read_records(store, 8).values()  # sync points during the pass:
+    assert {0, 1, 2, 3, 4} <= listed and 5 not in listed  # (block 6, queued behind 5, may have been written too)
+    write_record(store / "_markers" / "synced-0.json", listed - {4}, 1)
+    _chunk(store, "lse", 4).write_bytes(b"")
+    monkeypatch.setattr(writer, "pause_point", lambda name: None)
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert checks == [4]
+    assert "1 finished block(s) did not match their markers (first: block 4): recomputing them" in capsys.readouterr().out
+    same_store(store, reference)
+    assert not list((store / "_markers").glob("synced-*"))
+
+
+def test_a_pass_returns_only_once_its_last_sync_point_is_recorded(fresh_run, monkeypatch, sync_every):
+    """Under torchrun every rank's pass ends before rank 0 finalizes (and removes the sync records); a record that a
+    rank's sync point wrote after that would stay in the complete store. So the pass waits for it: here the sync
+    points are slowed down, and when finalize begins none is in flight."""
+    import time
+
+    from kd_pipeline.store.synced import SyncPoints
+
+    cfg = load_config(fresh_run)
+    slow, real_sync, real_finalize = [], SyncPoints._sync, CacheWriter.finalize
+    monkeypatch.setattr(SyncPoints, "_sync", lambda self, blocks: (time.sleep(0.2), slow.append(blocks), real_sync(self, blocks)))
+    monkeypatch.setattr(CacheWriter, "finalize", lambda self, *a: (slow.append(self.syncs.inflight), real_finalize(self, *a))[1])
+    sync_every(0)
+    assert run_pipeline(cfg, only=["cache_teacher"]) == ["cache_teacher"]
+    assert slow[-1] is None and sorted(b for blocks in slow[:-1] for b in blocks) == list(range(8))
+    assert not list((cfg.cache_path / "_markers").glob("synced-*"))

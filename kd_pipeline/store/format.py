@@ -17,6 +17,7 @@ Layout of a store folder:
   classification stores with augmented views (manifest `views`, kd_pipeline/views.py) add:
     view_seed/                (R,) int64              the seed that replays row r's view (-1 = the input as is)
     _markers/block-<b>.json   one per finished block: rows and sha256 of each array's block bytes
+    _markers/synced-<i>.json  while writing: blocks shard i's last sync point made durable (synced.py)
 Every array is chunked (chunk_rows, ...) along rows with no compression; block b = rows
 [b*chunk_rows, (b+1)*chunk_rows), i.e. exactly one chunk of every array.
 """

@@ -17,9 +17,11 @@ Crash safety (docs/integrity.md, "What is synced when"): the writer holds `_lock
 `open` until `finalize` or `close` (use it as a context manager); a block's marker is renamed into place after
 its chunks and samples part are written, so for a killed writer a marker always means the block's bytes are
 there. Blocks are not fsynced one by one (that cost more than a small teacher's forward): a power loss may
-lose recent blocks, or leave a marker whose bytes did not reach the disk, so a writer resuming an incomplete
-store checks every marked block of its share against its marker's sha256 and recomputes those that do not
-match; `finalize` fsyncs every block's files before samples.parquet and `complete: true`. A killed writer's
+lose recent blocks, or leave a marker whose bytes did not reach the disk. Every SYNC_EVERY_S seconds a sync
+point (synced.py) fsyncs the blocks written since the last one and records them in `_markers/synced-<shard>.json`;
+a writer resuming an incomplete store checks the marked blocks of its share that no record lists against their
+markers' sha256 and recomputes those that do not match; `finalize` fsyncs every block's files before
+samples.parquet and `complete: true`, then removes the records. A killed writer's
 temp files are removed on resume; an OSError (permission, disk full) becomes a one-line StoreError and leaves
 every marked block in place for the next run. `path` may be an object-store URL (location.py): the same order
 of writes, with PUTs of whole objects (durable once returned) instead of rename.
@@ -48,6 +50,7 @@ from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
 from .location import FsPath, as_location, zarr_location
 from .lock import StoreLock, creating
 from .markers import block_sha256, marker_path, read_marker
+from .synced import SyncPoints, remove_records, trusted_blocks
 
 
 def _os_error(path: Path, what: str, e: OSError) -> StoreError:
@@ -58,8 +61,9 @@ def _os_error(path: Path, what: str, e: OSError) -> StoreError:
 
 
 class CacheWriter:
-    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group):
+    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group, shard: int = 0, num_shards: int = 1):
         self.path = path
+        self.shard, self.num_shards = shard, num_shards
         self.manifest = manifest
         self.group = group
         self.specs = manifest.array_specs()
@@ -68,18 +72,38 @@ class CacheWriter:
         self.arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.specs}
         self.lock: StoreLock | None = None
         self.dropped: list[int] = []  # marked blocks that failed their check when this writer resumed the store
+        # a local store's blocks are fsynced and recorded every SYNC_EVERY_S seconds (synced.py): what a resume trusts
+        self.syncs = None if isinstance(path, FsPath) else SyncPoints(path, shard, num_shards, self.block_files)
 
     def __enter__(self) -> "CacheWriter":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close(quiet=exc[0] is not None)
 
-    def close(self) -> None:
-        """Releases the writer lock (a killed process releases it too: the kernel drops its flock)."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+    def close(self, quiet: bool = False) -> None:
+        """Waits for the sync point in flight, then releases the writer lock (a killed process releases it too: the
+        kernel drops its flock). quiet: a failed sync point is not raised (an error is already on its way); its
+        blocks are then merely checked on resume."""
+        try:
+            self.wait_for_sync_point(close=True)
+        except StoreError:
+            if not quiet:
+                raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def wait_for_sync_point(self, close: bool = False) -> None:
+        """Returns once the sync point in flight (if any) has written its record; close: and ends its thread. Every
+        torchrun shard waits at the end of its pass, before rank 0 finalizes: a record written after finalize removed
+        the records would stay in the complete store."""
+        if self.syncs is not None:
+            try:
+                (self.syncs.close if close else self.syncs.wait)()
+            except OSError as e:
+                raise _os_error(self.path, "sync the blocks written", e) from e
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
@@ -113,9 +137,9 @@ class CacheWriter:
             if lock.exclusive:  # never under a running shard's feet: its temp files are in flight
                 remove_partials(path)
             group = zarr.open_group(zarr_location(path, read_only=False), mode="r+", zarr_format=3)
-            writer = cls(path, existing, group)
+            writer = cls(path, existing, group, shard, num_shards)
             if not existing.complete:
-                writer.dropped = writer.drop_unsound_markers(shard, num_shards)
+                writer.dropped = writer.drop_unsound_markers()
             return writer
         if not create:
             raise StoreError(f"{path}: no store with matching parameters to resume")
@@ -124,12 +148,12 @@ class CacheWriter:
         clear_for_create(path)
         if owner is not None:  # once the old store is gone, before the new one exists: ours from here on
             owner.record(path, manifest)
-        writer = cls._create(path, manifest)
+        writer = cls._create(path, manifest, shard, num_shards)
         lock.share()
         return writer
 
     @classmethod
-    def _create(cls, path: Path, manifest: Manifest) -> "CacheWriter":
+    def _create(cls, path: Path, manifest: Manifest, shard: int = 0, num_shards: int = 1) -> "CacheWriter":
         m = manifest.model_copy(update={"complete": False})
         group = zarr.open_group(zarr_location(path, read_only=False), mode="a", zarr_format=3)  # folder emptied above; "w" would delete _lock.json
         for name, (shape, dtype) in m.array_specs().items():
@@ -138,7 +162,7 @@ class CacheWriter:
         (path / MARKERS).mkdir(exist_ok=True)
         write_manifest(path, m.model_dump(mode="json"))  # written last: a store without it is not a store
         pause_point("store_created")
-        return cls(path, m, group)
+        return cls(path, m, group, shard, num_shards)
 
     # ------------------------------------------------------------------------------------------- blocks
     def block_rows(self, b: int) -> tuple[int, int]:
@@ -182,9 +206,11 @@ class CacheWriter:
                 atomic_write(samples_part_path(self.path, b), data, durable=False)
                 marker["samples_sha256"] = hashlib.sha256(data).hexdigest()
             pause_point(f"block_chunks:{b}")
-            # not fsynced: a killed writer needs no fsync (the renames are atomic); a power loss is caught on
-            # resume (drop_unsound_markers) and before completion (finalize syncs every block)
+            # not fsynced: a killed writer needs no fsync (the renames are atomic); for a power loss the next sync
+            # point makes it durable, a resume checks it until then (drop_unsound_markers), finalize syncs every block
             atomic_write(self.marker_path(b), json.dumps(marker, sort_keys=True).encode(), pause=f"marker_tmp:{b}", durable=False)
+            if self.syncs is not None:
+                self.syncs.written(b)
         except OSError as e:
             raise _os_error(self.path, f"write block {b} (rows {start}..{stop})", e) from e
 
@@ -193,8 +219,11 @@ class CacheWriter:
         """Writes samples.parquet (from the blocks' parts, or `table` when the caller holds the whole table:
         small stores made by tests and tools) and marks the store complete. A complete store is left as it is."""
         if self.manifest.complete:  # e.g. blocks rewritten after their markers were deleted (repair)
+            self.wait_for_sync_point(close=True)
             try:
                 self.sync_blocks()
+                if self.syncs is not None:
+                    remove_records(self.path)  # those of the blocks just rewritten
             except OSError as e:
                 raise _os_error(self.path, "finalize the store", e) from e
             for b in range(self.manifest.num_blocks):
@@ -205,6 +234,7 @@ class CacheWriter:
         if missing:
             raise StoreError(f"{self.path}: cannot finalize, {len(missing)} blocks unwritten (first: {missing[0]})")
         done = self.manifest.model_copy(update={"complete": True})
+        self.wait_for_sync_point(close=True)  # no sync point in flight: it would rewrite a record after they are removed below
         try:
             self.sync_blocks()  # every block durable before anything that says the store is complete
             if table is not None:
@@ -216,6 +246,8 @@ class CacheWriter:
             atomic_write(self.path / MARKERS / SAMPLES_MARKER, json.dumps({"sha256": sha}).encode())
             pause_point("samples_written")
             write_manifest(self.path, done.model_dump(mode="json"), pause="manifest_tmp")
+            if self.syncs is not None:
+                remove_records(self.path)  # a complete store is never checked on resume; finalize synced every block
         except OSError as e:
             raise _os_error(self.path, "finalize the store", e) from e
         self.manifest = done
@@ -227,26 +259,39 @@ class CacheWriter:
     def sync_blocks(self) -> None:
         """fsync every block's chunk files and marker (and the folders naming them, and each array's metadata):
         after this, a power loss cannot take back a block. Cheap when the kernel has written them back already."""
-        files = [self.marker_path(b) for b in range(self.manifest.num_blocks)]
-        for name, (shape, _) in self.specs.items():
-            files.append(self.path / name / "zarr.json")
-            for b in range(self.manifest.num_blocks):
-                files += chunk_files(self.path, name, b, len(shape))
-        sync_all(files, self.path)
+        sync_all(self.block_files(range(self.manifest.num_blocks), parts=False), self.path)
 
-    def drop_unsound_markers(self, shard: int = 0, num_shards: int = 1) -> list[int]:
-        """Resuming: checks every marked block of this share (b % num_shards == shard) against its marker —
-        the marker parses and names the block, each array's bytes and the samples part hash to its sha256 —
-        and removes the markers that fail, so those blocks are recomputed. After a killed writer all pass (its
-        renames were atomic); after a power loss a marker may have reached the disk before its block's bytes
-        (blocks are not fsynced one by one). Costs one read + sha256 of the marked blocks. -> blocks dropped.
+    def block_files(self, blocks, parts: bool = True) -> list[Path]:
+        """The files of `blocks`: their markers, chunk files, samples parts (parts; finalize folds them into the
+        durable samples.parquet instead) and each array's metadata."""
+        files = [self.path / name / "zarr.json" for name in self.specs]
+        for b in blocks:
+            files.append(self.marker_path(b))
+            if parts:
+                files.append(samples_part_path(self.path, b))
+            for name, (shape, _) in self.specs.items():
+                files += chunk_files(self.path, name, b, len(shape))
+        return files
+
+    def drop_unsound_markers(self) -> list[int]:
+        """Resuming: checks the marked blocks of this writer's share (b % num_shards == shard) that no sync record
+        lists (synced.py) against their markers — the marker parses and names the block, each array's bytes and
+        the samples part hash to its sha256 — and removes the markers that fail, so those blocks are recomputed.
+        After a killed writer all pass (its renames were atomic); after a power loss a marker may have reached the
+        disk before its block's bytes (blocks are fsynced at sync points, every SYNC_EVERY_S seconds, not one by
+        one). Costs one read + sha256 of the blocks marked since the last sync point. -> blocks dropped.
         Nothing to check on an object store (a PUT that returned is durable)."""
-        if isinstance(self.path, FsPath):
+        if self.syncs is None:
             return []
-        marked = sorted(set(range(shard, self.manifest.num_blocks, num_shards)) - set(self.pending_blocks(shard, num_shards)))
-        dropped = [b for b in marked if not self._block_sound(b)]
+        share = set(range(self.shard, self.manifest.num_blocks, self.num_shards))
+        marked = share - set(self.pending_blocks(self.shard, self.num_shards))
+        trusted = trusted_blocks(self.path, self.manifest.num_blocks, share, marked)  # fsynced, then recorded
+        checked = sorted(marked - trusted)
+        dropped = [b for b in checked if not self._block_sound(b)]
         for b in dropped:
             self.marker_path(b).unlink(missing_ok=True)
+        self.syncs.durable |= trusted
+        self.syncs.unsynced += sorted(set(checked) - set(dropped))  # sound in the page cache; durable at the next sync point
         return dropped
 
     def _block_sound(self, b: int) -> bool:
