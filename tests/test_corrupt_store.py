@@ -124,6 +124,7 @@ CASES = {
     "parquet with an out-of-range label": (lambda p: rewrite_samples(p, lambda t: t.set_column(4, "label", pa.array([12] + t["label"].to_pylist()[1:], pa.int64()))), r"samples.parquet: table row 0: label 12 outside \[0, 10\)"),
     "parquet bytes changed": (lambda p: flip_byte(p / "samples.parquet", 200), r"samples.parquet: bytes do not match the sha256"),
     "missing block marker": (lambda p: marker_path(p, 1).unlink(), r"completion marker of block 1 is missing"),
+    "block marker nested 30,000 deep": (lambda p: marker_path(p, 1).write_text("[" * 30_000), r"completion marker of block 1 is not valid JSON"),
     "incomplete store": (lambda p: set_meta(p, complete=False), r"store is incomplete \(complete: false\); rerun the cache_teacher stage"),
     "feature name with a path": (lambda p: set_meta(p, features={"../../etc": FEATS["pen"]}), r"manifest.features: invalid name '../../etc'"),
     "oversized feature shape": (lambda p: set_meta(p, features={"pen": {**FEATS["pen"], "shape": [2**24, 2**24]}}), r"array features/pen would need [\d,]+ bytes per block \(limit"),

@@ -54,9 +54,9 @@ def _read_info(f) -> dict | None:
     try:
         f.seek(0)
         data = f.read(65536)
-        info = json.loads(data) if data.strip() else None
+        info = json.loads(data) if data.strip() else None  # may be nested deep: RecursionError, caught below
         return info if isinstance(info, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

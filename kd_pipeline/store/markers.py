@@ -46,7 +46,7 @@ def _parse_json(path: Path, data: bytes | None, what: str) -> dict:
         raise StoreError(f"{path}: {what} is larger than {MAX_MARKER_BYTES} bytes")
     try:
         d = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep, well under the size cap
         raise StoreError(f"{path}: {what} is not valid JSON") from None
     if not isinstance(d, dict):
         raise StoreError(f"{path}: {what} is not a JSON object")
