@@ -114,6 +114,9 @@ class CacheWriter:
         path = as_location(path)
         if isinstance(path, FsPath):
             path._writable()  # http(s): refused before anything
+        # pyarrow imports pandas (~0.2 s here) on its first array conversion: paid now, not inside the first
+        # block's write, which the teacher pass waits for (and bench/processes.py times)
+        pa.array(np.zeros(1, np.int64))
         _check_owner(path, _read_manifest(path), manifest, owner)  # before the locks: they are writes too
         with creating(path):  # one opener at a time: shards started together never refuse each other
             lock = StoreLock.acquire(path, shard, num_shards)
