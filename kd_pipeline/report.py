@@ -23,7 +23,7 @@ import numpy as np
 from .config import PipelineConfig
 from .curves import curve_split, split_curve
 from .evaluation import read_curve, store_lines
-from .summary import display_name, headline, human_bytes, kd_gain, manifest_bytes_per_row
+from .summary import display_name, headline, human_bytes, kd_gain, manifest_bytes_per_row, per_char
 
 TRAINED = {"teacher": "train_teacher", "student": "train_student", "baseline": "train_baseline"}  # model -> its stage
 COLOURS = {"teacher": "tab:gray", "student": "tab:blue", "baseline": "tab:orange"}
@@ -121,9 +121,9 @@ def markdown(cfg: PipelineConfig, metrics: dict, curves: dict, store: dict | Non
         lines.append(f"- teacher: {100 * fs['teacher']['accuracy']:.2f}% {test} accuracy, measured from the store's targets "
                      "(this pipeline has no teacher)")
     for n, r in models.items():
-        lines.append(f"- {display_name(n)}: {headline(kind, r[test], test)}")
+        lines.append(f"- {display_name(n)}: {headline(kind, r[test], test, per_char(metrics))}")
     if "student" in models and "baseline" in models:
-        lines.append(f"- **KD gain: {kd_gain(kind, models['student'][test], models['baseline'][test])}**")
+        lines.append(f"- **KD gain: {kd_gain(kind, models['student'][test], models['baseline'][test], per_char(metrics))}**")
     lines += ["", *settings_lines(cfg, store), "", *store_section(store), "## Every model and split", "",
               "| model | split | accuracy | cross-entropy | perplexity | agreement with teacher | parameters | bytes on disk | CPU latency / sample (ms) |",
               "|---|---|---|---|---|---|---|---|---|"]

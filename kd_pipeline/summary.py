@@ -28,16 +28,30 @@ def display_name(model: str) -> str:
     return NAMES.get(model, model)
 
 
-def headline(kind: str, r: dict, split: str = "") -> str:
-    """One model's figure on a split: accuracy (classification), perplexity + accuracy (sequence)."""
+def per_char(metrics: dict) -> bool:
+    """Whether the run's models read different tokenizers (a cross-tokenizer student): per-token perplexities
+    then do not compare, nats per character do."""
+    return bool(metrics.get("cross_tokenizer"))
+
+
+def headline(kind: str, r: dict, split: str = "", chars: bool = False) -> str:
+    """One model's figure on a split: accuracy (classification), perplexity + accuracy (sequence), nats per
+    character first when the models' tokenizers differ (chars)."""
     on = f"{split} " if split else ""
+    if kind == "sequence" and chars:
+        return (f"{r['nats_per_char']:.3f} nats/char on {split or 'the split'} (per-token perplexity {r['perplexity']:.2f} "
+                f"over its own tokenizer's tokens: not comparable across tokenizers)")
     if kind == "sequence":
         return f"{on}perplexity {r['perplexity']:.2f} (next-token accuracy {100 * r['accuracy']:.2f}%)"
     return f"{100 * r['accuracy']:.2f}% {on}accuracy"
 
 
-def kd_gain(kind: str, student: dict, baseline: dict) -> str:
-    """KD student vs baseline: points of accuracy, or the change of perplexity (lower is better)."""
+def kd_gain(kind: str, student: dict, baseline: dict, chars: bool = False) -> str:
+    """KD student vs baseline: points of accuracy, or the change of perplexity (lower is better), or of nats per
+    character when the models' tokenizers differ (chars)."""
+    if kind == "sequence" and chars:
+        d = student["nats_per_char"] - baseline["nats_per_char"]
+        return f"{d:+.3f} nats/char (KD student − baseline, lower is better)"
     if kind == "sequence":
         d = student["perplexity"] - baseline["perplexity"]
         return f"perplexity {d:+.2f} ({100 * d / baseline['perplexity']:+.1f}%; KD student − baseline, lower is better)"
@@ -87,9 +101,9 @@ def summary_rows(cfg, timings: list[dict]) -> list[tuple[str, str]]:
             rows.append(("teacher", f"{100 * fs['teacher']['accuracy']:.2f}% {split} accuracy, from the store's targets (no teacher in this pipeline){old}"))
         for name, r in models.items():
             if split in r:
-                rows.append((display_name(name), headline(kind, r[split], split) + old))
+                rows.append((display_name(name), headline(kind, r[split], split, per_char(metrics)) + old))
         if "student" in models and "baseline" in models:
-            rows.append(("KD gain", kd_gain(kind, models["student"][split], models["baseline"][split])))
+            rows.append(("KD gain", kd_gain(kind, models["student"][split], models["baseline"][split], per_char(metrics))))
     else:
         rows.append(("results", "none yet: the evaluate stage has not run in this folder"))
     store = store_line(cfg.cache_path)

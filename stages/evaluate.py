@@ -46,6 +46,8 @@ def run(cfg: PipelineConfig, dist) -> None:
     # models that read the same tokens are evaluated together; a student with its own tokenizer reads its own
     # windows of the same texts (compare them per character), and has no top-1 agreement with the teacher
     cross = cfg.kind == "sequence" and cfg.sequence.student_tokenizer is not None
+    if cross:
+        metrics["cross_tokenizer"] = True  # the summary and report then compare per character (summary.per_char)
     students = [n for n in models if n != "teacher"]
     groups = [(list(models), samples)]
     if cross:

@@ -110,6 +110,13 @@ def test_cross_tokenizer_end_to_end(tmp_path, capsys):
     assert metrics["student"]["test"]["agreement_with_teacher"] is None and metrics["teacher"]["test"]["agreement_with_teacher"] == 1.0
     # the two students read the same texts (whole documents) with their own tokens: the same characters
     assert metrics["student"]["test"]["chars"] == metrics["baseline"]["test"]["chars"]
+    # the summary and the report rank the models per character: per-token perplexities of two tokenizers do not compare
+    from kd_pipeline.summary import summary_rows
+
+    rows = dict(summary_rows(cfg, [{"stage": "evaluate", "status": "ran", "seconds": 1.0}]))
+    assert rows["KD student"].startswith(f"{metrics['student']['test']['nats_per_char']:.3f} nats/char on test"), rows
+    assert rows["KD gain"].endswith("nats/char (KD student − baseline, lower is better)"), rows
+    assert "nats/char" in (cfg.out_dir / "report.md").read_text()
     curve = [json.loads(x) for x in (cfg.out_dir / "logs" / "train_student.jsonl").read_text().splitlines()]
     assert all(0.5 < r["aligned"] <= 1 and r["uld"] > 0 for r in curve)  # most teacher rows find a partner
     assert (cfg.out_dir / "data" / "student_tokens" / "train.ids.npy").is_file()
