@@ -326,8 +326,8 @@ def shuffled_batches(samples: SplitSamples, split: int | list[int], batch_size: 
 
 def in_thread(items: Iterator, depth: int = 1) -> Iterator:
     """Iterates `items` in a background thread, up to `depth` results ahead of the consumer, in order; an
-    exception surfaces when its place is reached; closing (or dropping) the consumer stops the thread within
-    0.1 s (it then closes `items`)."""
+    exception surfaces when its place is reached; closing (or dropping) the consumer stops the thread (within
+    0.1 s, or once the item it is computing is done; it then closes `items`) and waits for it."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     end = object()
@@ -353,7 +353,8 @@ def in_thread(items: Iterator, depth: int = 1) -> Iterator:
         finally:
             items.close()
 
-    threading.Thread(target=run, name="kd-stream", daemon=True).start()
+    thread = threading.Thread(target=run, name="kd-stream", daemon=True)
+    thread.start()
     try:
         while True:
             x, e = q.get()
@@ -364,6 +365,10 @@ def in_thread(items: Iterator, depth: int = 1) -> Iterator:
             yield x
     finally:
         stop.set()
+        # and wait for it: a thread still inside a torch or numpy call when the interpreter exits aborts the
+        # process ("terminate called without an active exception", exit -6) after the stage has finished
+        if thread is not threading.current_thread():
+            thread.join(timeout=60)
 
 
 def read_ahead(fn, items: Iterator, depth: int) -> Iterator:
