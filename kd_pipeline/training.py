@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -81,8 +80,7 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
     step_fn = torch.nn.parallel.DistributedDataParallel(module) if dist.active else module
     it = batches(start)
     t0 = time.perf_counter()
-    # closing `it` when the loop ends stops the batches' reader threads now, not at interpreter exit (stream.in_thread)
-    with progress(desc, cfg.steps, enabled=dist.is_main) as advance, _closing(it):
+    with progress(desc, cfg.steps, enabled=dist.is_main) as advance:
         advance(start, 0)
         for step in range(start + 1, cfg.steps + 1):
             batch = to_device(next(it), device)
@@ -107,17 +105,6 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(r) + "\n" for r in curve))
     return curve
-
-
-@contextmanager
-def _closing(it: Iterator):
-    """Closes a generator (its `finally` runs) when the block ends; other iterators are left as they are."""
-    try:
-        yield it
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 def _mean(keys: list[str], total: torch.Tensor, n: int, dist: Dist) -> dict[str, float]:
