@@ -106,8 +106,11 @@ def summary_rows(cfg, timings: list[dict]) -> list[tuple[str, str]]:
             rows.append(("KD gain", kd_gain(kind, models["student"][split], models["baseline"][split], per_char(metrics))))
     else:
         rows.append(("results", "none yet: the evaluate stage has not run in this folder"))
-    store = store_line(cfg.cache_path)
-    rows.append(("store", f"{store} ({cfg.cache_path})" if store else f"none at {cfg.cache_path}"))
+    from .student import student_store
+
+    path = student_store(cfg)  # distill.teachers: the ensemble the student reads, not the first teacher's store
+    store = store_line(path)
+    rows.append(("store", f"{store} ({path})" if store else f"none at {path}"))
     total = 0.0
     for t in timings:
         if t["status"] == "ran":

@@ -91,7 +91,8 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Batch]], cfg: Train
             got = torch.stack([loss.detach(), *parts.values()])  # parts are detached: three ops per step, however many
             keys, total = (keys, total + got) if total is not None else (["loss", *parts], got.double())
             n_acc += 1
-            advance(1, len(batch["x"]) * dist.world)
+            # rows: samples, or a sequence batch's token positions (a store row is a token; padding counted: no device sync)
+            advance(1, (int(batch["mask"].numel()) if "mask" in batch else len(batch["x"])) * dist.world)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 means = _mean(keys, total, n_acc, dist)
                 curve.append({"step": step, "time_s": round(time.perf_counter() - t0, 3), **means})

@@ -6,6 +6,7 @@ stores, the multi-teacher ensemble against the dense mixture (k = C), and the co
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,12 @@ def test_multi_teacher_example_mixes_two_teachers_into_one_store(tmp_path):
     assert "student" in got
     m = open_store(run / "ensemble").manifest
     assert m.teacher.factory == "ensemble" and [s["weight"] for s in m.sources] == [0.7, 0.3] and m.top_k == 8
+    # the run summary names the store the student read: the ensemble, not the first teacher's
+    from kd_pipeline.config import load_config
+    from kd_pipeline.summary import summary_rows
+
+    cfg = load_config(Path("examples/multi-teacher/pipeline.yaml"), [f"out={run}", *SMALL, teachers])
+    assert dict(summary_rows(cfg, []))["store"].endswith(f"({run / 'ensemble'})")
 
 
 def test_multi_teacher_with_full_k_is_the_dense_mixture(tiny_run, tmp_path):
