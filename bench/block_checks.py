@@ -19,7 +19,7 @@ import torch
 from kd_pipeline.store import CacheWriter, Manifest, open_store
 from kd_pipeline.store.values import encode_targets, to_host
 from kd_pipeline.store.verify import verify_store
-from kd_pipeline.store.writer import samples_table
+from kd_pipeline.store.samples_parts import samples_table
 from kd_pipeline.targets import teacher_rows
 
 ROWS, CLASSES, K, FEAT, CHUNK = 100_000, 1000, 16, 256, 4096

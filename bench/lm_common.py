@@ -20,7 +20,7 @@ from kd_pipeline.lm.tokenizer import load_split, windows
 from kd_pipeline.prepare import data_dir
 from kd_pipeline.store import CacheWriter, Manifest, open_store
 from kd_pipeline.store.format import indices_dtype
-from kd_pipeline.store.writer import span_table
+from kd_pipeline.store.samples_parts import span_table
 
 PIPELINE = Path(os.environ.get("KD_LM_PIPELINE", "bench/lm_pipeline.yaml"))
 

@@ -27,7 +27,7 @@ from kd_pipeline.objectives import CachedKD, HardLabels
 from kd_pipeline.prepare import data_dir
 from kd_pipeline.store import CacheWriter, open_store
 from kd_pipeline.store.values import encode_targets, to_host
-from kd_pipeline.store.writer import span_table
+from kd_pipeline.store.samples_parts import span_table
 from kd_pipeline.stream import shuffled_batches, student_batches
 from kd_pipeline.targets import teacher_rows
 from kd_pipeline.training import fit, seed_everything

@@ -42,7 +42,7 @@ from kd_pipeline.models import build_model
 from kd_pipeline.prepare import open_samples, prepare, samples_per_batch, store_layout
 from kd_pipeline.store import CacheWriter
 from kd_pipeline.store.values import encode_targets, to_host
-from kd_pipeline.store.writer import span_table
+from kd_pipeline.store.samples_parts import span_table
 from kd_pipeline.targets import teacher_rows
 
 

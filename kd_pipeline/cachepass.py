@@ -32,7 +32,7 @@ from .progress import progress
 from .store import CacheWriter, Manifest
 from .store.format import indices_dtype
 from .store.values import encode_targets, to_host
-from .store.writer import span_table
+from .store.samples_parts import span_table
 from .targets import teacher_rows
 
 

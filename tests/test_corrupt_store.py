@@ -261,7 +261,7 @@ def test_repair_by_deleting_a_corrupt_blocks_marker(pristine, tmp_path):
     """docs/integrity.md: delete the marker of a block verify calls corrupt, rerun the writer: only that block
     is recomputed and the store verifies again."""
     from kd_pipeline.store import CacheWriter
-    from kd_pipeline.store.writer import samples_table
+    from kd_pipeline.store.samples_parts import samples_table
     from tests.test_store import blocks_for
 
     p = tmp_path / "s"

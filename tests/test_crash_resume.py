@@ -177,7 +177,7 @@ def _small_store(num_rows: int = 1000):
     import numpy as np
     import torch
 
-    from kd_pipeline.store.writer import samples_table
+    from kd_pipeline.store.samples_parts import samples_table
     from tests.test_store import blocks_for, manifest
 
     m = manifest(num_rows=num_rows)
@@ -217,7 +217,7 @@ def test_resume_recomputes_marked_blocks_whose_bytes_were_lost(tmp_path):
     against its marker and recomputes those that fail; what is then finalized equals an uninterrupted store."""
     import numpy as np
 
-    from kd_pipeline.store.writer import samples_part_path
+    from kd_pipeline.store.samples_parts import samples_part_path
 
     small = _small_store()
     s = tmp_path / "s"

@@ -118,7 +118,7 @@ def test_packed_classification_store_feeds_the_same_kd_batches(tmp_path):
     for arrays in blocks.values():
         arrays["topk_indices"] = encode_ids(arrays["topk_indices"], mp)  # 3 ids x 4 bits = 2 B per row
     from kd_pipeline.store import CacheWriter
-    from kd_pipeline.store.writer import samples_table
+    from kd_pipeline.store.samples_parts import samples_table
 
     with CacheWriter.open(tmp_path / "packed", mp) as w:
         for b in w.pending_blocks():

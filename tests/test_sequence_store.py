@@ -10,7 +10,7 @@ from kd_pipeline.layout import Layout
 from kd_pipeline.store import CacheWriter, Manifest, open_store
 from kd_pipeline.store.format import indices_dtype
 from kd_pipeline.store.values import _encode_values, decode_values, encode_targets, to_host
-from kd_pipeline.store.writer import span_table
+from kd_pipeline.store.samples_parts import span_table
 from kd_pipeline.stream import student_batches
 from kd_pipeline.targets import targets_from_arrays, teacher_rows
 

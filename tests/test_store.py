@@ -12,7 +12,7 @@ import zarr
 from kd_pipeline.errors import StoreError
 from kd_pipeline.store import CacheWriter, Manifest, open_store
 from kd_pipeline.store.format import indices_dtype
-from kd_pipeline.store.writer import samples_table
+from kd_pipeline.store.samples_parts import samples_table
 from kd_pipeline.targets import topk_targets
 
 TEMPS = [1.0, 4.0]

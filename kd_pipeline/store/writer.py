@@ -50,6 +50,7 @@ from .format import ATTR, MARKERS, SAMPLES, VERSION, Manifest, parse_manifest
 from .location import FsPath, as_location, zarr_location
 from .lock import StoreLock, creating
 from .markers import block_sha256, marker_path, read_marker
+from .samples_parts import SAMPLES_SCHEMA, parquet_bytes, samples_part_path
 from .synced import SyncPoints, remove_records, trusted_blocks
 
 
@@ -188,7 +189,7 @@ class CacheWriter:
 
     def write_block(self, b: int, arrays: dict[str, np.ndarray], samples: pa.Table | None = None) -> None:
         """arrays: name -> the block's rows, each exactly (stop - start, ...) with the declared dtype.
-        samples: the samples.parquet rows of the samples whose first row is in this block (see samples_table)."""
+        samples: the samples.parquet rows of the samples whose first row is in this block (see samples_parts.samples_table)."""
         start, stop = self.block_rows(b)
         if set(arrays) != set(self.specs):
             raise ValueError(f"block {b}: arrays {sorted(arrays)} != declared {sorted(self.specs)}")
@@ -205,7 +206,7 @@ class CacheWriter:
             zarr_sync(put())
             marker = {"block": b, "rows": [start, stop], "sha256": {name: block_sha256(a) for name, a in arrays.items()}}
             if samples is not None:
-                data = _parquet_bytes(samples)
+                data = parquet_bytes(samples)
                 atomic_write(samples_part_path(self.path, b), data, durable=False)
                 marker["samples_sha256"] = hashlib.sha256(data).hexdigest()
             pause_point(f"block_chunks:{b}")
@@ -241,7 +242,7 @@ class CacheWriter:
         try:
             self.sync_blocks()  # every block durable before anything that says the store is complete
             if table is not None:
-                data = _parquet_bytes(table)
+                data = parquet_bytes(table)
                 atomic_write(self.path / SAMPLES, data)
                 sha = hashlib.sha256(data).hexdigest()
             else:
@@ -372,54 +373,3 @@ def _read_manifest(path: Path) -> Manifest | None:
         return parse_manifest(raw, str(path))
     except Exception:
         return None  # unreadable or foreign: treated as absent, and replaced
-
-
-SAMPLES_SCHEMA = pa.schema([("sample_id", pa.int64()), ("split", pa.string()), ("row", pa.int64()),
-                            ("num_rows", pa.int64()), ("label", pa.int64())])
-
-
-def samples_part_path(path: Path, b: int) -> Path:
-    return path / MARKERS / f"samples-{b:08d}.parquet"
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    return buf.getvalue().to_pybytes()
-
-
-def span_table(names: list[str], span, labels: np.ndarray | None) -> pa.Table:
-    """samples.parquet rows for a layout Span (kd_pipeline/layout.py); labels (n,) int64, -1 = null."""
-    lab = np.full(len(span), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-    return pa.table(
-        {
-            "sample_id": pa.array(span.sample_id, pa.int64()),
-            "split": pa.array(names, pa.string()).take(pa.array(span.split, pa.int64())),
-            "row": pa.array(span.row0, pa.int64()),
-            "num_rows": pa.array(span.num_rows, pa.int64()),
-            "label": pa.array(lab, pa.int64(), mask=lab < 0),
-        },
-        schema=SAMPLES_SCHEMA,
-    )
-
-
-def samples_table(split_sizes: dict[str, int], labels: dict[str, np.ndarray]) -> pa.Table:
-    """One row per sample for classification stores: row = running index over splits in order."""
-    ids, splits, rows, labs = [], [], [], []
-    row = 0
-    for split, n in split_sizes.items():
-        ids.append(np.arange(n, dtype=np.int64))
-        splits += [split] * n
-        rows.append(np.arange(row, row + n, dtype=np.int64))
-        labs.append(labels[split].astype(np.int64))
-        row += n
-    lab = np.concatenate(labs) if labs else np.zeros(0, np.int64)
-    return pa.table(
-        {
-            "sample_id": pa.array(np.concatenate(ids) if ids else [], pa.int64()),
-            "split": pa.array(splits, pa.string()),
-            "row": pa.array(np.concatenate(rows) if rows else [], pa.int64()),
-            "num_rows": pa.array(np.ones(row, np.int64), pa.int64()),
-            "label": pa.array(lab, pa.int64(), mask=lab < 0),
-        }
-    )
