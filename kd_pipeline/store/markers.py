@@ -36,14 +36,16 @@ def _load_json(path: Path, what: str) -> dict:
         raise StoreError(f"{path}: {what} is missing")
     if path.stat().st_size > MAX_MARKER_BYTES:
         raise StoreError(f"{path}: {what} is larger than {MAX_MARKER_BYTES} bytes")
-    return _parse_json(path, path.read_bytes(), what)
+    return parse_json(path, path.read_bytes(), what)
 
 
-def _parse_json(path: Path, data: bytes | None, what: str) -> dict:
+def parse_json(path: Path, data: bytes | None, what: str, cap: int = MAX_MARKER_BYTES) -> dict:
+    """A store's JSON file (untrusted): at most `cap` bytes, valid JSON, an object -> the dict; else StoreError
+    naming the file as `what`."""
     if data is None:
         raise StoreError(f"{path}: {what} is missing")
-    if len(data) > MAX_MARKER_BYTES:
-        raise StoreError(f"{path}: {what} is larger than {MAX_MARKER_BYTES} bytes")
+    if len(data) > cap:
+        raise StoreError(f"{path}: {what} is larger than {cap} bytes")
     try:
         d = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep, well under the size cap
@@ -75,7 +77,7 @@ def read_all_markers(store: Path, m: Manifest) -> list[dict[str, str]]:
     if isinstance(store, FsPath):  # one request per marker, all in flight together; the same checks on each
         paths = [marker_path(store, b) for b in range(m.num_blocks)]
         data = (store / MARKERS).read_many([p.name for p in paths])
-        return [_check_marker(p, m, b, _parse_json(p, d, f"completion marker of block {b}")) for b, (p, d) in enumerate(zip(paths, data))]
+        return [_check_marker(p, m, b, parse_json(p, d, f"completion marker of block {b}")) for b, (p, d) in enumerate(zip(paths, data))]
     return [read_marker(store, m, b) for b in range(m.num_blocks)]
 
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 from ..errors import StoreError
 from .files import atomic_write, sync_all
 from .format import MARKERS
+from .markers import parse_json
 
 SYNC_EVERY_S = 30.0  # between sync points; the kernel writes dirty pages back after 30 s anyway (dirty_expire_centisecs)
 MAX_RECORD_BYTES = 16 << 20  # a record of a store with a million blocks and no holes is ~40 bytes
@@ -48,13 +49,8 @@ def _int(x) -> bool:
 
 def parse_record(p: Path, data: bytes, num_blocks: int) -> tuple[int, set[int]]:
     """-> (step, the block ids the record lists); StoreError naming the file if it is not a valid record."""
-    if len(data) > MAX_RECORD_BYTES:
-        raise StoreError(f"{p}: sync record is larger than {MAX_RECORD_BYTES} bytes")
-    try:
-        d = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-        raise StoreError(f"{p}: sync record is not valid JSON") from None
-    step, ranges = (d.get("step"), d.get("ranges")) if isinstance(d, dict) else (None, None)
+    d = parse_json(p, data, "sync record", MAX_RECORD_BYTES)
+    step, ranges = d.get("step"), d.get("ranges")
     if not (_int(step) and step >= 1 and isinstance(ranges, list)):
         raise StoreError(f'{p}: sync record must be {{"step": n >= 1, "ranges": [[start, stop], ...]}}')
     blocks: set[int] = set()
